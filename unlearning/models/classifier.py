@@ -1,0 +1,63 @@
+"""A small CNN image classifier: the domain's label classifier.
+
+It judges invalidity (which label a sample shows), gives IS its logits, and its penultimate
+layer is the default feature extractor for FID ("classifier FID").
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+
+class ClassifierConfig(BaseModel):
+    resolution: int = Field(8, ge=4)
+    channels: int = Field(1, ge=1, le=4)
+    num_classes: int = Field(10, ge=2)
+    feature_dim: int = Field(128, ge=8, description="width of the penultimate layer (FID features)")
+    labels: list[str] = Field(default_factory=list, description="human names of the classes")
+
+
+class Classifier(nn.Module):
+    kind = "cnn-classifier"
+
+    def __init__(self, config: ClassifierConfig | None = None):
+        super().__init__()
+        self.config = config or ClassifierConfig()
+        c = self.config
+        self.body = nn.Sequential(
+            nn.Conv2d(c.channels, 32, 3, padding=1),
+            nn.ReLU(True),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(True),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(128 * 4, c.feature_dim),
+            nn.ReLU(True),
+        )
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(c.feature_dim, c.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer activations: the default FID feature space."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits."""
+        return self.head(self.dropout(self.body(x)))
+
+
+class PenultimateFeatures(nn.Module):
+    """Wraps a classifier as a feature extractor (for FID), so metrics see one interface."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier
+        self.num_features = classifier.config.feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(x)

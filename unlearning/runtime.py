@@ -1,0 +1,37 @@
+"""Where Lethe keeps state, which device it computes on, and how it seeds randomness."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def lethe_home() -> Path:
+    """LETHE_HOME (default ``~/.lethe``): everything that must survive a restart."""
+    return Path(os.environ.get("LETHE_HOME", Path.home() / ".lethe")).expanduser()
+
+
+def pick_device(preferred: str | None = None) -> torch.device:
+    """CUDA when present (or when asked for), CPU otherwise. ``LETHE_DEVICE`` overrides."""
+    choice = preferred or os.environ.get("LETHE_DEVICE")
+    if choice:
+        return torch.device(choice)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch.Generator for explicit draws."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def latents(n: int, latent_dim: int, seed: int) -> torch.Tensor:
+    """The latents behind ``(seed, n)``: the same on every machine, so the same seed and
+    version give the same images (CPU generator, float32, moved to a device afterwards)."""
+    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
