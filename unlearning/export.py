@@ -1,0 +1,223 @@
+"""ONNX export of generators, a parity check against PyTorch, and an ONNX Runtime sampler.
+
+The exported graph has one input ``z`` (float32, ``[batch, latent_dim]``, batch dynamic) and
+one output ``images`` (float32 in [-1, 1], NCHW). ``OnnxGenerator.sample(n, seed)`` draws the
+same latents as ``runtime.latents`` so it reproduces the PyTorch samples for that seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from unlearning.errors import LetheError
+from unlearning.runtime import latents
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "z"
+OUTPUT_NAME = "images"
+
+
+class ParityError(LetheError):
+    """An ONNX graph does not reproduce its PyTorch generator."""
+
+
+def _latent_dim(generator: nn.Module) -> int:
+    dim = getattr(generator, "latent_dim", None)
+    if dim is None:
+        dim = getattr(getattr(generator, "config", None), "latent_dim", None)
+    if not isinstance(dim, int):
+        raise LetheError(f"{type(generator).__name__} does not say its latent_dim")
+    return dim
+
+
+def _cpu_eval_copy(generator: nn.Module) -> nn.Module:
+    """A CPU, eval-mode, grad-free copy: the caller's module is never touched."""
+    model = copy.deepcopy(generator).to("cpu").eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,  # one self-contained file (one checksum in the registry)
+        dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1)}},
+        verbose=False,
+    )
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=False,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+
+
+def _check_graph(path: Path, latent_dim: int) -> None:
+    """The file is valid ONNX with input z [batch, latent_dim] (batch symbolic), output images."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in proto.graph.output] != [OUTPUT_NAME]:
+        raise LetheError(f"{path}: exported graph has unexpected inputs/outputs")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 2 or not dims[0].dim_param or dims[1].dim_value != latent_dim:
+        raise LetheError(f"{path}: exported input is not [batch, {latent_dim}] with a dynamic batch")
+
+
+def export_generator_onnx(generator: nn.Module, path: Path, *, opset: int = 18) -> Path:
+    """Export ``generator`` (on CPU, in eval mode, as a copy) to ``path``; return ``path``.
+
+    Uses the torch.export-based exporter with a dynamic batch axis, falling back to the
+    TorchScript exporter if that fails. The file is written under a temporary name and
+    moved into place, so ``path`` is either absent or complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _cpu_eval_copy(generator)
+    latent_dim = _latent_dim(model)
+    example = torch.zeros(2, latent_dim)  # batch 2: keeps the exporter from specialising on 1
+    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
+    try:
+        try:
+            _export_dynamo(model, example, tmp, opset)
+            _check_graph(tmp, latent_dim)
+        except Exception as exc:  # the exporter raises many kinds; the fallback decides
+            log.warning("dynamo ONNX export failed (%s); using the TorchScript exporter", exc)
+            tmp.unlink(missing_ok=True)
+            _export_torchscript(model, example, tmp, opset)
+            _check_graph(tmp, latent_dim)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _session_options(intra_op_threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if intra_op_threads is None:
+        intra_op_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    options.intra_op_num_threads = max(1, int(intra_op_threads))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+class OnnxGenerator:
+    """An exported generator served by ONNX Runtime (CUDA when available, else CPU)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        intra_op_threads: int | None = None,
+        providers: list[str] | None = None,
+    ):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise LetheError(f"ONNX generator {str(self.path)!r} does not exist")
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        else:
+            missing = [p for p in providers if p not in available]
+            if missing:
+                raise LetheError(
+                    f"ONNX Runtime providers {missing} are not available here (available: {available})"
+                )
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=_session_options(intra_op_threads), providers=providers
+            )
+        except Exception as exc:
+            raise LetheError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 2 or not isinstance(inputs[0].shape[1], int):
+            raise LetheError(f"{self.path}: not a generator graph (want one input [batch, latent_dim])")
+        self._input = inputs[0].name
+        self._output = self.session.get_outputs()[0].name
+        self.latent_dim: int = inputs[0].shape[1]
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def generate(self, z: np.ndarray) -> np.ndarray:
+        """Images (float32 NCHW in [-1, 1]) for latents ``z`` of shape [n, latent_dim]."""
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim or z.shape[0] < 1:
+            raise LetheError(f"latents must have shape [n >= 1, {self.latent_dim}], got {list(z.shape)}")
+        return self.session.run([self._output], {self._input: z})[0]
+
+    def sample(self, n: int, seed: int, *, batch_size: int = 256) -> np.ndarray:
+        """The images for ``(seed, n)``: same latents as ``runtime.latents``, so the same as
+        the PyTorch generator's samples for that seed."""
+        if n < 1:
+            raise LetheError(f"n must be at least 1, got {n}")
+        z = latents(n, self.latent_dim, seed).numpy()
+        parts = [self.generate(z[i : i + batch_size]) for i in range(0, n, batch_size)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def check_onnx_parity(
+    generator: nn.Module,
+    onnx_path: Path,
+    *,
+    n: int = 256,
+    seed: int = 0,
+    atol: float = 1e-4,
+) -> float:
+    """Max abs difference between PyTorch (CPU) and ONNX Runtime (CPU) on
+    ``latents(n, latent_dim, seed)``; ParityError if it exceeds ``atol``."""
+    model = _cpu_eval_copy(generator)
+    latent_dim = _latent_dim(model)
+    session = OnnxGenerator(onnx_path, providers=["CPUExecutionProvider"])
+    if session.latent_dim != latent_dim:
+        raise ParityError(
+            f"{onnx_path}: ONNX graph takes latent_dim {session.latent_dim}, the generator {latent_dim}"
+        )
+    z = latents(n, latent_dim, seed)
+    with torch.no_grad():
+        expected = model(z).numpy()
+    got = session.generate(z.numpy())
+    if got.shape != expected.shape:
+        raise ParityError(
+            f"{onnx_path}: ONNX output shape {list(got.shape)} != PyTorch {list(expected.shape)}"
+        )
+    diff = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
+    if not np.isfinite(diff) or diff > atol:
+        raise ParityError(
+            f"{onnx_path}: ONNX output differs from the PyTorch generator by {diff:.3g} "
+            f"(max allowed {atol:g}) on {n} latents, seed {seed}"
+        )
+    return diff

@@ -1,0 +1,18 @@
+"""Metrics: invalidity, Inception Score, FID (on a named feature extractor), class shares
+and the redaction score, all with one streaming shape (``update`` / ``compute`` /
+``reset``) and fed by one sample-generation loop (``evaluate``)."""
+
+from unlearning.metrics.base import StreamingMetric
+from unlearning.metrics.class_balance import ClassShares, min_share_ratio
+from unlearning.metrics.extractors import InceptionExtractor, classifier_extractor
+from unlearning.metrics.fid import FID, FeatureStats, frechet_distance, reference_stats
+from unlearning.metrics.inception_score import InceptionScore, inception_score_from_log_probs
+from unlearning.metrics.invalidity import Invalidity
+from unlearning.metrics.redaction_score import redaction_score
+from unlearning.metrics.sampling import evaluate, generated_batches
+
+__all__ = [
+    "StreamingMetric", "ClassShares", "min_share_ratio", "InceptionExtractor", "classifier_extractor",
+    "FID", "FeatureStats", "frechet_distance", "reference_stats", "InceptionScore",
+    "inception_score_from_log_probs", "Invalidity", "redaction_score", "evaluate", "generated_batches",
+]

@@ -1,0 +1,606 @@
+"""The model registry on disk, under LETHE_HOME.
+
+Layout::
+
+    registry.lock                      exclusive fcntl lock: id allocation, renames, updates
+    versions/<model>-v<N>/             one folder per version, immutable files + manifest.json
+    versions/.tmp-<pid>-<hex>/         a version being written (never listed; removed if stale)
+    active/<model>.json                {"version", "activated_at"}: the version served for <model>
+    classifiers/<name>/                classifier.safetensors + classifier.json (format "torch")
+                                       or classifier.onnx (format "onnx"), and manifest.json
+
+Every file a version or classifier holds is listed in its manifest with its sha256, and is
+checked against it before anything is loaded or activated. Folders appear by one atomic
+``rename`` of a finished temporary folder, and pointers/manifests are replaced with
+``os.replace``, so a crash never leaves a half-written version or pointer visible.
+Weights are safetensors, models are rebuilt from JSON configs, uploaded classifiers are
+ONNX (protobuf): nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+from torch import nn
+
+from unlearning.errors import IntegrityError, LetheError, NotFoundError
+from unlearning.models.io import load_model, save_model
+from unlearning.runtime import lethe_home
+
+log = logging.getLogger(__name__)
+
+Status = Literal["candidate", "promoted", "rejected"]
+ClassifierFormat = Literal["torch", "onnx"]
+
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_VERSION = re.compile(r"^(?P<model>.+)-v(?P<n>[0-9]+)$")
+_TMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
+_CHUNK = 1 << 20
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class VersionManifest(BaseModel):
+    """What ``versions/<version>/manifest.json`` holds."""
+
+    version: str
+    model: str
+    parent: str | None = None
+    created_at: str = Field(description="ISO 8601, UTC")
+    status: Status = "candidate"
+    spec: dict[str, Any] | None = Field(None, description="the forget spec that produced it")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    reason: str | None = Field(None, description="why it was rejected")
+    dataset: str | None = None
+    classifier: str | None = Field(None, description="name of the domain classifier")
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256 hex")
+
+
+class ClassifierManifest(BaseModel):
+    """What ``classifiers/<name>/manifest.json`` holds."""
+
+    name: str
+    created_at: str
+    format: ClassifierFormat = "torch"
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    labels: list[str] | None = None
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256 hex")
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (so a rename inside it is durable)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
+    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_path(path.parent)
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise LetheError(
+            f"{what} name {name!r} is not allowed: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def _is_stale_tmp(name: str) -> bool:
+    """``.tmp-<pid>-...`` whose writer is gone (this host). Unparseable names are stale."""
+    match = re.match(rf"^{re.escape(_TMP_PREFIX)}(\d+)-", name)
+    return match is None or not _pid_alive(int(match.group(1)))
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove temporary leftovers of crashed writers. Call with the registry lock held."""
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        if entry.name.startswith(_TMP_PREFIX) and _is_stale_tmp(entry.name):
+            log.warning("removing %s left by an interrupted write", entry)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _hash_and_sync(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative POSIX names), each fsynced."""
+    files: dict[str, str] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            raise LetheError(f"{rel}: symbolic links cannot be stored in the registry")
+        if path.is_dir():
+            _fsync_path(path)
+            continue
+        if rel == MANIFEST:
+            raise LetheError(f"'{MANIFEST}' is written by the registry; do not write it yourself")
+        _fsync_path(path)
+        files[rel] = sha256_file(path)
+    return files
+
+
+def _verify_files(folder: Path, files: dict[str, str], label: str) -> None:
+    """Recompute every checksum; IntegrityError names the first file that does not match."""
+    root = folder.resolve()
+    for rel, expected in sorted(files.items()):
+        path = (folder / rel).resolve()
+        if root not in path.parents:
+            raise IntegrityError(f"{label}/{rel}: manifest names a file outside its folder")
+        if not path.is_file():
+            raise IntegrityError(f"{label}/{rel}: missing (listed in the manifest, not on disk)")
+        if sha256_file(path) != expected:
+            raise IntegrityError(
+                f"{label}/{rel}: checksum mismatch (file changed or corrupted on disk)"
+            )
+
+
+def _known(names: list[str], limit: int = 8) -> str:
+    if not names:
+        return "none yet"
+    shown = ", ".join(names[-limit:])
+    return shown if len(names) <= limit else f"... {shown} ({len(names)} in all)"
+
+
+# --------------------------------------------------------------------------------- registry
+
+
+class Registry:
+    """Versions of named generators, the active pointer per generator, and classifiers."""
+
+    def __init__(self, home: Path | None = None):
+        self.home = Path(home).expanduser() if home is not None else lethe_home()
+        self.versions_dir = self.home / "versions"
+        self.active_dir = self.home / "active"
+        self.classifiers_dir = self.home / "classifiers"
+        for folder in (self.versions_dir, self.active_dir, self.classifiers_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.home)!r})"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive lock across processes *and* threads (flock on a fresh open file)."""
+        with open(self.home / "registry.lock", "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    # ---------------------------------------------------------------------------- versions
+
+    def _version_numbers(self, model: str) -> list[int]:
+        numbers = []
+        for entry in self.versions_dir.iterdir():
+            match = _VERSION.match(entry.name)
+            if match and match.group("model") == model and not entry.name.startswith("."):
+                numbers.append(int(match.group("n")))
+        return numbers
+
+    def create_version(
+        self,
+        model: str,
+        write_files: Callable[[Path], None],
+        *,
+        parent: str | None = None,
+        spec: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        status: Status = "candidate",
+        reason: str | None = None,
+        dataset: str | None = None,
+        classifier: str | None = None,
+    ) -> VersionManifest:
+        """Store a new version of ``model``: ``write_files(folder)`` writes its files into a
+        private temporary folder; they are checksummed and fsynced, then the folder appears
+        as ``versions/<model>-v<N>`` in one rename. If ``write_files`` raises, nothing
+        appears and the exception propagates."""
+        _check_name(model, "model")
+        if parent is not None:
+            self.get(parent)
+        tmp = self.versions_dir / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            write_files(tmp)
+            files = _hash_and_sync(tmp)
+            with self._locked():
+                _remove_stale(self.versions_dir)
+                number = 1 + max(self._version_numbers(model), default=0)
+                manifest = VersionManifest(
+                    version=f"{model}-v{number}",
+                    model=model,
+                    parent=parent,
+                    created_at=_now(),
+                    status=status,
+                    spec=spec,
+                    metrics=dict(metrics or {}),
+                    reason=reason,
+                    dataset=dataset,
+                    classifier=classifier,
+                    files=files,
+                )
+                _write_json_atomic(tmp / MANIFEST, manifest.model_dump(mode="json"))
+                _fsync_path(tmp)
+                os.rename(tmp, self.versions_dir / manifest.version)
+                _fsync_path(self.versions_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        log.info("registered %s (%d files)", manifest.version, len(files))
+        return manifest
+
+    def version_dir(self, version: str) -> Path:
+        """The folder of an existing version (NotFoundError otherwise)."""
+        self.get(version)
+        return self.versions_dir / version
+
+    def _known_versions(self, model: str | None = None) -> list[str]:
+        return [m.version for m in self.list_versions(model)]
+
+    def get(self, version: str) -> VersionManifest:
+        """The manifest of ``version``; NotFoundError names it and lists known versions."""
+        path = self.versions_dir / version if isinstance(version, str) else None
+        if (
+            path is None
+            or not _VERSION.match(version)
+            or "/" in version
+            or version.startswith(".")
+            or not (path / MANIFEST).is_file()
+        ):
+            model = None
+            if isinstance(version, str) and (match := _VERSION.match(version)):
+                model = match.group("model")
+            known = self._known_versions(model) or self._known_versions()
+            raise NotFoundError(f"version {version!r} not found; known versions: {_known(known)}")
+        try:
+            manifest = VersionManifest.model_validate_json((path / MANIFEST).read_text())
+        except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{version}/{MANIFEST}: unreadable manifest ({exc})") from None
+        if manifest.version != version:
+            raise IntegrityError(
+                f"{version}/{MANIFEST}: manifest describes {manifest.version!r}, not {version!r}"
+            )
+        return manifest
+
+    def list_versions(self, model: str | None = None) -> list[VersionManifest]:
+        """Every readable version (of ``model``, if given), oldest first. Temporary folders
+        and folders without a valid manifest are skipped (the latter with a warning)."""
+        found: list[tuple[str, int, VersionManifest]] = []
+        for entry in self.versions_dir.iterdir():
+            match = _VERSION.match(entry.name)
+            if entry.name.startswith(".") or not match or not entry.is_dir():
+                continue
+            if model is not None and match.group("model") != model:
+                continue
+            try:
+                manifest = VersionManifest.model_validate_json((entry / MANIFEST).read_text())
+            except (OSError, ValidationError, ValueError, UnicodeDecodeError) as exc:
+                log.warning("skipping %s: no valid %s (%s)", entry, MANIFEST, exc)
+                continue
+            found.append((manifest.created_at, int(match.group("n")), manifest))
+        found.sort(key=lambda item: (item[0], item[1]))
+        return [manifest for _, _, manifest in found]
+
+    def verify(self, version: str) -> VersionManifest:
+        """Recompute every checksum of ``version``; IntegrityError names a bad/missing file."""
+        manifest = self.get(version)
+        _verify_files(self.versions_dir / version, manifest.files, version)
+        return manifest
+
+    def update(
+        self,
+        version: str,
+        *,
+        status: Status | None = None,
+        metrics: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> VersionManifest:
+        """Change status / reason, and merge ``metrics`` into the stored metrics. The files
+        and their checksums never change. Rewritten atomically, under the registry lock."""
+        with self._locked():
+            manifest = self.get(version)
+            changes: dict[str, Any] = {}
+            if status is not None:
+                changes["status"] = status
+            if reason is not None:
+                changes["reason"] = reason
+            if metrics is not None:
+                changes["metrics"] = {**manifest.metrics, **metrics}
+            updated = VersionManifest.model_validate({**manifest.model_dump(), **changes})
+            _write_json_atomic(self.versions_dir / version / MANIFEST, updated.model_dump(mode="json"))
+        return updated
+
+    def file_path(self, version: str, filename: str, *, verify: bool = True) -> Path:
+        """Path of one file of a version (e.g. ``generator.onnx``), checksum-checked."""
+        manifest = self.get(version)
+        if filename not in manifest.files:
+            raise NotFoundError(
+                f"version {version!r} has no file {filename!r}; it has: {', '.join(sorted(manifest.files))}"
+            )
+        if verify:
+            _verify_files(self.versions_dir / version, {filename: manifest.files[filename]}, version)
+        return self.versions_dir / version / filename
+
+    def load_component(self, version: str, stem: str) -> nn.Module:
+        """Verify every file of ``version``, then rebuild ``<stem>.safetensors``/``.json``."""
+        manifest = self.verify(version)
+        needed = [f"{stem}.safetensors", f"{stem}.json"]
+        if any(name not in manifest.files for name in needed):
+            raise NotFoundError(
+                f"version {version!r} has no component {stem!r}; it has: {', '.join(sorted(manifest.files))}"
+            )
+        return load_model(self.versions_dir / version, stem)
+
+    def load_generator(self, version: str) -> nn.Module:
+        return self.load_component(version, "generator")
+
+    def load_discriminator(self, version: str) -> nn.Module:
+        return self.load_component(version, "discriminator")
+
+    # ------------------------------------------------------------------------------ active
+
+    def _pointer(self, model: str) -> Path:
+        return self.active_dir / f"{_check_name(model, 'model')}.json"
+
+    def active(self, model: str) -> str | None:
+        """The version served for ``model``, or None if none was activated."""
+        path = self._pointer(model)
+        if not path.is_file():
+            return None
+        try:
+            version = json.loads(path.read_text())["version"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"active/{path.name}: unreadable pointer ({exc})") from None
+        if not isinstance(version, str):
+            raise IntegrityError(f"active/{path.name}: pointer names no version")
+        return version
+
+    def activate(self, version: str, *, force: bool = False) -> VersionManifest:
+        """Point ``<model>`` at ``version`` (atomically). Its files are verified first; a
+        rejected version is refused unless ``force``."""
+        manifest = self.verify(version)
+        if manifest.status == "rejected" and not force:
+            why = f": {manifest.reason}" if manifest.reason else ""
+            raise LetheError(
+                f"version {version!r} was rejected{why}; refusing to activate it "
+                "(force it if you really mean to serve it)"
+            )
+        with self._locked():
+            _remove_stale(self.active_dir)
+            _write_json_atomic(
+                self._pointer(manifest.model), {"version": version, "activated_at": _now()}
+            )
+        log.info("activated %s for %s", version, manifest.model)
+        return manifest
+
+    def models(self) -> list[str]:
+        """Names of generators that have versions or an active pointer."""
+        names = {m.model for m in self.list_versions()}
+        names |= {p.stem for p in self.active_dir.glob("*.json") if not p.name.startswith(".")}
+        return sorted(names)
+
+    # ------------------------------------------------------------------------- classifiers
+
+    def _store_classifier(
+        self,
+        name: str,
+        write_files: Callable[[Path], None],
+        *,
+        fmt: ClassifierFormat,
+        metrics: dict[str, Any],
+        labels: list[str] | None,
+        replace: bool,
+        check: Callable[[Path], None] | None = None,
+    ) -> ClassifierManifest:
+        _check_name(name, "classifier")
+        final = self.classifiers_dir / name
+        if final.exists() and not replace:
+            raise LetheError(f"classifier {name!r} already exists; pass replace=True to replace it")
+        tmp = self.classifiers_dir / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        trash: Path | None = None
+        try:
+            write_files(tmp)
+            if check is not None:
+                check(tmp)
+            files = _hash_and_sync(tmp)
+            manifest = ClassifierManifest(
+                name=name, created_at=_now(), format=fmt, metrics=dict(metrics or {}),
+                labels=list(labels) if labels else None, files=files,
+            )
+            _write_json_atomic(tmp / MANIFEST, manifest.model_dump(mode="json"))
+            _fsync_path(tmp)
+            with self._locked():
+                _remove_stale(self.classifiers_dir)
+                self._restore_trash()
+                if final.exists():
+                    if not replace:
+                        raise LetheError(
+                            f"classifier {name!r} already exists; pass replace=True to replace it"
+                        )
+                    trash = self.classifiers_dir / f"{_TRASH_PREFIX}{uuid.uuid4().hex}-{name}"
+                    os.rename(final, trash)
+                os.rename(tmp, final)
+                _fsync_path(self.classifiers_dir)
+                if trash is not None:
+                    shutil.rmtree(trash, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return manifest
+
+    def _restore_trash(self) -> None:
+        """A replace interrupted between its two renames: put the old classifier back if
+        the new one never arrived, otherwise drop it. Call with the lock held."""
+        for entry in self.classifiers_dir.glob(f"{_TRASH_PREFIX}*"):
+            name = entry.name[len(_TRASH_PREFIX) + 33 :]
+            target = self.classifiers_dir / name
+            if name and not target.exists():
+                os.rename(entry, target)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def register_classifier(
+        self,
+        name: str,
+        classifier_module: nn.Module,
+        metrics: dict[str, Any],
+        *,
+        labels: list[str] | None = None,
+        replace: bool = False,
+    ) -> ClassifierManifest:
+        """Store a PyTorch classifier (a model ``save_model`` knows) under ``name``."""
+        if labels is None:
+            config_labels = getattr(getattr(classifier_module, "config", None), "labels", None)
+            labels = list(config_labels) if config_labels else None
+        return self._store_classifier(
+            name,
+            lambda folder: save_model(classifier_module, folder, "classifier"),
+            fmt="torch", metrics=metrics, labels=labels, replace=replace,
+        )
+
+    def register_onnx_classifier(
+        self,
+        name: str,
+        source: Path | bytes,
+        metrics: dict[str, Any] | None = None,
+        *,
+        labels: list[str] | None = None,
+        replace: bool = False,
+    ) -> ClassifierManifest:
+        """Store an uploaded ONNX classifier (a path or the file's bytes) as
+        ``classifier.onnx``. It must be self-contained (no external data) and convertible
+        by onnx2torch, which is checked now rather than at first use."""
+
+        def write(folder: Path) -> None:
+            target = folder / "classifier.onnx"
+            if isinstance(source, (bytes, bytearray)):
+                target.write_bytes(bytes(source))
+            else:
+                if not Path(source).is_file():
+                    raise NotFoundError(f"ONNX classifier file {str(source)!r} does not exist")
+                shutil.copyfile(source, target)
+
+        return self._store_classifier(
+            name, write, fmt="onnx", metrics=metrics or {}, labels=labels, replace=replace,
+            check=lambda folder: _onnx_to_torch(folder / "classifier.onnx", f"{name}/classifier.onnx"),
+        )
+
+    def _get_classifier(self, name: str) -> ClassifierManifest:
+        path = self.classifiers_dir / name / MANIFEST
+        if not isinstance(name, str) or not _NAME.match(name) or not path.is_file():
+            known = [m.name for m in self.list_classifiers()]
+            raise NotFoundError(f"classifier {name!r} not found; known classifiers: {_known(known)}")
+        try:
+            return ClassifierManifest.model_validate_json(path.read_text())
+        except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"classifiers/{name}/{MANIFEST}: unreadable manifest ({exc})") from None
+
+    def get_classifier(self, name: str) -> ClassifierManifest:
+        return self._get_classifier(name)
+
+    def verify_classifier(self, name: str) -> ClassifierManifest:
+        manifest = self._get_classifier(name)
+        _verify_files(self.classifiers_dir / name, manifest.files, f"classifiers/{name}")
+        return manifest
+
+    def load_classifier(self, name: str) -> nn.Module:
+        """Verified classifier in eval mode: rebuilt from safetensors, or converted from
+        ONNX with onnx2torch (that module has no ``.features``/``.config``)."""
+        manifest = self.verify_classifier(name)
+        folder = self.classifiers_dir / name
+        if manifest.format == "onnx":
+            return _onnx_to_torch(folder / "classifier.onnx", f"classifiers/{name}/classifier.onnx")
+        return load_model(folder, "classifier")
+
+    def list_classifiers(self) -> list[ClassifierManifest]:
+        found = []
+        for entry in sorted(self.classifiers_dir.iterdir()):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            try:
+                found.append(ClassifierManifest.model_validate_json((entry / MANIFEST).read_text()))
+            except (OSError, ValidationError, ValueError, UnicodeDecodeError) as exc:
+                log.warning("skipping %s: no valid %s (%s)", entry, MANIFEST, exc)
+        return found
+
+
+def _onnx_to_torch(path: Path, label: str) -> nn.Module:
+    """Load an ONNX file without following external-data references (an upload must not
+    make us read other files) and convert it to a torch module."""
+    import onnx
+    from onnx import external_data_helper
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise LetheError(f"{label}: not a readable ONNX model ({exc})") from None
+    if any(external_data_helper.uses_external_data(t) for t in proto.graph.initializer):
+        raise LetheError(f"{label}: ONNX models with external data files are not accepted")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise LetheError(f"{label}: invalid ONNX model ({exc})") from None
+    try:
+        from onnx2torch import convert
+
+        return convert(proto).eval()
+    except Exception as exc:  # NotImplementedError for unsupported operators/attributes
+        raise LetheError(f"{label}: cannot be converted to PyTorch by onnx2torch ({exc})") from None
