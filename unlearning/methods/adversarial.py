@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from unlearning.methods.base import GAN, Callbacks
@@ -31,6 +31,8 @@ from unlearning.methods.losses import (
 
 class AdversarialSettings(BaseModel):
     """Defaults are the paper's redaction setting on MNIST (App. D, E)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(8, ge=1, le=10_000)
     batch_size: int = Field(64, ge=2)

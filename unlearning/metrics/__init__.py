@@ -6,6 +6,7 @@ from unlearning.metrics.base import StreamingMetric
 from unlearning.metrics.class_balance import ClassShares, min_share_ratio
 from unlearning.metrics.extractors import InceptionExtractor, classifier_extractor
 from unlearning.metrics.fid import FID, FeatureStats, frechet_distance, reference_stats
+from unlearning.metrics.filtered import Filtered
 from unlearning.metrics.inception_score import InceptionScore, inception_score_from_log_probs
 from unlearning.metrics.invalidity import Invalidity
 from unlearning.metrics.redaction_score import redaction_score
@@ -13,6 +14,6 @@ from unlearning.metrics.sampling import evaluate, generated_batches
 
 __all__ = [
     "StreamingMetric", "ClassShares", "min_share_ratio", "InceptionExtractor", "classifier_extractor",
-    "FID", "FeatureStats", "frechet_distance", "reference_stats", "InceptionScore",
+    "FID", "Filtered", "FeatureStats", "frechet_distance", "reference_stats", "InceptionScore",
     "inception_score_from_log_probs", "Invalidity", "redaction_score", "evaluate", "generated_batches",
 ]

@@ -42,13 +42,16 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     if mu2.shape[0] != d or s1.shape != (d, d) or s2.shape != (d, d):
         raise LetheError(f"feature statistics do not match: means {mu1.shape[0]} vs {mu2.shape[0]}, "
                          f"covariances {tuple(s1.shape)} vs {tuple(s2.shape)}")
-    s1 = (s1 + s1.T) / 2
-    s2 = (s2 + s2.T) / 2
-    w, v = torch.linalg.eigh(s1)
-    root1 = (v * w.clamp_min(0).sqrt()) @ v.T
-    m = root1 @ s2 @ root1
-    trace_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
-    value = (mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * trace_sqrt
+    # NumPy's LAPACK: torch's eigh on CPU can stall for ~1 s on a 128x128 matrix when its
+    # thread pool competes with other work; NumPy's takes milliseconds.
+    mu1_, mu2_, s1_, s2_ = (t.numpy() for t in (mu1, mu2, s1, s2))
+    s1_ = (s1_ + s1_.T) / 2
+    s2_ = (s2_ + s2_.T) / 2
+    w, v = np.linalg.eigh(s1_)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root1 @ s2_ @ root1
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    value = np.square(mu1_ - mu2_).sum() + np.trace(s1_) + np.trace(s2_) - 2 * trace_sqrt
     return float(value)
 
 

@@ -41,14 +41,24 @@ class Classifier(nn.Module):
         )
         self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(c.feature_dim, c.num_classes)
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer activations: the default FID feature space."""
-        return self.body(x)
+        """Penultimate-layer activations: the default FID feature space.
+
+        Evaluation feeds one batch to several metrics (FID, IS, class shares, invalidity),
+        each of which asks the classifier; without gradients, asking again about the very
+        same tensor reuses the last answer instead of running the network again."""
+        reusable = not self.training and not torch.is_grad_enabled()
+        if reusable and self._last is not None and self._last[0] is x:
+            return self._last[1]
+        out = self.body(x)
+        self._last = (x, out) if reusable else None
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits."""
-        return self.head(self.dropout(self.body(x)))
+        return self.head(self.dropout(self.features(x)))
 
 
 class PenultimateFeatures(nn.Module):

@@ -1,0 +1,58 @@
+"""Shared fixtures: real LETHE_HOMEs on disk, bootstrapped once per test session.
+
+``base_home`` is the embedded default exactly as `lethe bootstrap` builds it (full
+pre-training: a few minutes on 2 cores); ``quick_home`` is a 2-epoch bootstrap for tests
+of error paths that need a registry but not a good model. Tests that change state work
+on a copy (``base_copy`` / ``quick_copy``)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearning.bootstrap import bootstrap
+from unlearning.registry import Registry
+
+torch.set_num_threads(2)
+
+
+def _bootstrapped(root: Path, epochs: int | None) -> Path:
+    home = root / "home"
+    bootstrap(Registry(home), epochs=epochs, show_progress=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def base_home(tmp_path_factory) -> Path:
+    return _bootstrapped(tmp_path_factory.mktemp("base"), None)
+
+
+@pytest.fixture(scope="session")
+def quick_home(tmp_path_factory) -> Path:
+    return _bootstrapped(tmp_path_factory.mktemp("quick"), 2)
+
+
+def _copy(home: Path, tmp_path: Path, monkeypatch) -> Path:
+    target = tmp_path / "home"
+    shutil.copytree(home, target)
+    monkeypatch.setenv("LETHE_HOME", str(target))
+    return target
+
+
+@pytest.fixture
+def base_copy(base_home, tmp_path, monkeypatch) -> Path:
+    return _copy(base_home, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def quick_copy(quick_home, tmp_path, monkeypatch) -> Path:
+    return _copy(quick_home, tmp_path, monkeypatch)
+
+
+def snapshot(home: Path) -> dict[str, bytes]:
+    """Every file under a LETHE_HOME with its bytes: to prove a failed request changed nothing."""
+    return {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file()
+            and not p.name.endswith(".lock")}

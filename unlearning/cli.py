@@ -1,0 +1,190 @@
+"""``lethe``: bootstrap the embedded default, run forget jobs offline (the same job code the
+service runs), evaluate, list and activate versions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from unlearning.errors import LetheError
+from unlearning.runtime import lethe_home
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, default=str))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from unlearning.bootstrap import bootstrap
+
+    summary = bootstrap(epochs=args.epochs, seed=args.seed, show_progress=not args.quiet)
+    if args.json:
+        _print_json(summary)
+        return 0
+    built = ", ".join(summary["built"]) or "nothing (already bootstrapped)"
+    quality = summary["generator"].get("quality", {})
+    print(f"built: {built}")
+    print(f"classifier held-out accuracy: {summary['classifier']['held_out_accuracy']:.4f}")
+    print(f"active: {summary['active']}  FID {_fmt(quality.get('fid'))} ({quality.get('extractor')}), "
+          f"IS {_fmt(quality.get('inception_score'))}")
+    return 0
+
+
+def cmd_redact(args: argparse.Namespace) -> int:
+    from unlearning.jobs import run_redaction
+    from unlearning.progress import progress_bar
+    from unlearning.spec import load_spec
+
+    spec_path = Path(args.spec)
+    spec = load_spec(spec_path)
+    uploads = Path(args.uploads) if args.uploads else spec_path.resolve().parent
+    report_root = Path(args.report) if args.report else lethe_home() / "reports"
+    with progress_bar(f"redact '{spec.name}'", not args.quiet) as callbacks:
+        outcome = run_redaction(
+            spec, parent=args.from_version, uploads_dir=uploads, callbacks=callbacks,
+            report_dir=report_root / spec.name, activate=not args.no_activate,
+            inception_weights=args.inception_weights,
+        )
+    if args.json:
+        _print_json(outcome.model_dump(mode="json"))
+        return 0 if outcome.status == "promoted" else 3
+    print(f"{outcome.version} ({outcome.method}, from {outcome.parent}): {outcome.status.upper()}"
+          f"{' and active' if outcome.activated else ''} in {outcome.duration_s:.1f} s")
+    print(f"{'':16}{'before':>12}{'after':>12}")
+    for key in ("invalidity", "fid", "filtered_fid", "inception_score"):
+        print(f"{key:16}{_fmt(outcome.before.get(key)):>12}{_fmt(outcome.after.get(key)):>12}")
+    print(f"(FID extractor: {outcome.after['extractor']}, {outcome.after['samples']} samples)")
+    for gate in outcome.gates:
+        print(f"gate {gate.name:14} {'pass' if gate.passed else 'FAIL'}  {_fmt(gate.value)} (limit {_fmt(gate.limit)})")
+    if outcome.reason:
+        print(f"not promoted: {outcome.reason}")
+    print(f"report: {outcome.report_dir}/index.html")
+    return 0 if outcome.status == "promoted" else 3
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from unlearning.evaluation import judge, load_domain
+    from unlearning.jobs import prepare_redaction_set
+    from unlearning.registry import Registry
+    from unlearning.runtime import pick_device
+    from unlearning.spec import load_spec
+
+    registry = Registry()
+    manifest = registry.verify(args.version)
+    device = pick_device()
+    domain = load_domain(registry, manifest, device=device, inception_weights=args.inception_weights)
+    omega = None
+    if args.spec:
+        spec_path = Path(args.spec)
+        uploads = Path(args.uploads) if args.uploads else spec_path.resolve().parent
+        omega = prepare_redaction_set(load_spec(spec_path), registry, domain, uploads)
+    result = judge(registry.load_generator(args.version).to(device), domain, n=args.samples,
+                   seed=args.seed, omega=omega, filtered=omega is not None)
+    result["version"] = args.version
+    if args.json:
+        _print_json(result)
+        return 0
+    for key in ("version", "samples", "invalidity", "fid", "filtered_fid", "inception_score", "extractor"):
+        if key in result:
+            print(f"{key:16}{_fmt(result[key])}")
+    print("class shares    " + " ".join(f"{s:.3f}" for s in result["class_shares"]))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from unlearning.registry import Registry
+
+    registry = Registry()
+    versions = registry.list_versions()
+    active = {registry.active(m) for m in registry.models()}
+    if args.json:
+        _print_json([{**v.model_dump(mode="json", exclude={"metrics"}), "active": v.version in active}
+                     for v in versions])
+        return 0
+    if not versions:
+        print("no versions yet: run `lethe bootstrap`")
+    for v in versions:
+        after = v.metrics.get("after") or v.metrics.get("quality") or {}
+        marker = "*" if v.version in active else " "
+        name = (v.spec or {}).get("name", "base")
+        print(f"{marker} {v.version:14} {v.status:9} parent={_fmt(v.parent):12} spec={name:18} "
+              f"invalidity={_fmt(after.get('invalidity'))} fid={_fmt(after.get('fid'))}")
+    return 0
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    from unlearning.registry import Registry
+
+    manifest = Registry().activate(args.version, force=args.force)
+    print(f"active {manifest.model}: {manifest.version}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lethe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("bootstrap", help="train and register the embedded default (idempotent)")
+    p.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("redact", help="run a forget job offline (same code as the API)")
+    p.add_argument("spec", help="forget specification, JSON or YAML")
+    p.add_argument("--from", dest="from_version", default=None, help="parent version (default: active)")
+    p.add_argument("--uploads", default=None, help="folder holding the spec's files (default: the spec's folder)")
+    p.add_argument("--report", default=None, help="report root (default: $LETHE_HOME/reports)")
+    p.add_argument("--no-activate", action="store_true", help="register but do not activate")
+    p.add_argument("--inception-weights", type=Path, default=None, help="Inception weights file for FID")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_redact)
+
+    p = sub.add_parser("eval", help="invalidity, IS, FID of a version")
+    p.add_argument("version")
+    p.add_argument("--spec", default=None, help="judge invalidity against this forget specification")
+    p.add_argument("--uploads", default=None)
+    p.add_argument("--samples", type=int, default=50_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inception-weights", type=Path, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="list versions (* = active)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("activate", help="activate a version (promote or roll back)")
+    p.add_argument("version")
+    p.add_argument("--force", action="store_true", help="also activate a rejected version")
+    p.set_defaults(func=cmd_activate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LetheError as exc:
+        print(f"lethe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lethe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

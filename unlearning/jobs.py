@@ -1,0 +1,210 @@
+"""The one path a forget request takes, for the CLI and the service alike:
+
+    spec -> method(model, redaction set, data) -> candidate -> gates -> ONNX export +
+    parity check -> registry (promoted or rejected) -> active pointer
+
+Everything that can be refused (spec, parent version, classifiers, uploads) is checked
+before training starts, and the registry only ever sees a complete version.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel
+
+from unlearning.data.files import load_images
+from unlearning.errors import SpecError
+from unlearning.evaluation import Domain, forgotten_classes, judge, load_domain
+from unlearning.export import check_onnx_parity, export_generator_onnx
+from unlearning.methods import GAN, Callbacks, MethodResult, choose_method, hyperparameters, run_method
+from unlearning.metrics import FID, evaluate, min_share_ratio
+from unlearning.models.io import save_model
+from unlearning.registry import Registry, VersionManifest
+from unlearning.runtime import pick_device
+from unlearning.spec import ForgetSpec, build_redaction_set, load_spec, referenced_files
+from unlearning.spec.checks import RedactionSet
+
+DEFAULT_MODEL = "digits"
+GATE_SEED = 20_240_601  # parent and candidate are judged on the same latents
+PROBE_SAMPLES = 2000
+
+
+class Gate(BaseModel):
+    name: str
+    value: float | None
+    limit: float
+    passed: bool
+    detail: str = ""
+
+
+class JobOutcome(BaseModel):
+    version: str
+    parent: str
+    status: Literal["promoted", "rejected"]
+    activated: bool
+    method: str
+    reason: str | None
+    gates: list[Gate]
+    before: dict[str, Any]
+    after: dict[str, Any]
+    history: list[dict[str, Any]]
+    stats: dict[str, Any]
+    duration_s: float
+    report_dir: str | None = None
+
+
+def _stage(callbacks: Callbacks, stage: str, start: float, end: float):
+    """Map a sub-task's progress onto [start, end] of the job's, tagged with its stage."""
+
+    def progress(fraction: float, info: dict[str, Any]) -> None:
+        callbacks.progress(start + (end - start) * fraction, {"stage": stage, **info})
+
+    return Callbacks(progress=progress, cancelled=callbacks.cancelled)
+
+
+def resolve_parent(registry: Registry, parent: str | None, model: str = DEFAULT_MODEL) -> VersionManifest:
+    version = parent or registry.active(model)
+    if version is None:
+        raise SpecError(f"no active version of '{model}': run `lethe bootstrap` first or pass --from")
+    return registry.verify(version)
+
+
+def prepare_redaction_set(
+    spec: ForgetSpec, registry: Registry, domain: Domain, uploads_dir: Path | None
+) -> RedactionSet:
+    """Load uploads (checked against the model's image shape) and classifiers; build Omega.
+    Data-only specs get the nearest-neighbour judge in the classifier's feature space."""
+    negatives = {}
+    for name in referenced_files(spec):
+        if uploads_dir is None:
+            raise SpecError(f"sets: file '{name}' is referenced but no upload folder was given")
+        path = Path(uploads_dir) / name
+        if not path.is_file():
+            raise SpecError(f"sets: file '{name}' was not uploaded (looked in {uploads_dir})")
+        negatives[name] = load_images(path, expected_shape=domain.image_shape)
+
+    classifiers: dict[str, torch.nn.Module] = {domain.classifier_name: domain.classifier}
+
+    def resolve(name: str) -> torch.nn.Module:
+        if name not in classifiers:
+            classifiers[name] = registry.load_classifier(name).to(domain.device).eval().requires_grad_(False)
+        return classifiers[name]
+
+    omega = build_redaction_set(spec, resolve, negatives)
+    if not omega.has_judge and omega.negatives is not None:
+        retained, _ = omega.training_split(domain.train.images)
+        omega = omega.with_reference(retained, embed=domain.extractor)
+    return omega
+
+
+def evaluate_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, Any], parity: float) -> list[Gate]:
+    g = spec.gates
+    gates = []
+    if "invalidity" in after:
+        gates.append(Gate(name="invalidity", value=after["invalidity"], limit=g.max_invalidity,
+                          passed=after["invalidity"] <= g.max_invalidity,
+                          detail=f"on {after['samples']} fresh samples"))
+    increase = after["fid"] - before["fid"]
+    gates.append(Gate(name="fid_increase", value=increase, limit=g.max_fid_increase,
+                      passed=increase <= g.max_fid_increase, detail=f"extractor {after['extractor']}"))
+    excluded = forgotten_classes(before)
+    ratio = min_share_ratio(before["class_shares"], after["class_shares"], excluded)
+    gates.append(Gate(name="class_balance", value=ratio if ratio != float("inf") else None,
+                      limit=g.min_class_share_ratio, passed=ratio >= g.min_class_share_ratio,
+                      detail=f"smallest retained-class share ratio; forgotten classes {sorted(excluded)}"))
+    gates.append(Gate(name="onnx_parity", value=parity, limit=1e-4, passed=parity <= 1e-4,
+                      detail="max abs difference, PyTorch vs ONNX Runtime, 256 latents"))
+    return gates
+
+
+def run_redaction(
+    spec: ForgetSpec | str | Path | dict,
+    *,
+    registry: Registry | None = None,
+    parent: str | None = None,
+    uploads_dir: Path | None = None,
+    report_dir: Path | None = None,
+    callbacks: Callbacks | None = None,
+    device: torch.device | None = None,
+    activate: bool = True,
+    inception_weights: Path | None = None,
+) -> JobOutcome:
+    started = time.monotonic()
+    spec = load_spec(spec)
+    registry = registry or Registry()
+    callbacks = callbacks or Callbacks()
+    device = device or pick_device()
+    if spec.gates.max_attack_invalidity is not None:
+        raise SpecError("gates.max_attack_invalidity: the latent attack check is not available in this version")
+
+    # Everything refusable is refused here, before any training.
+    method = choose_method(spec)
+    parent_manifest = resolve_parent(registry, parent)
+    domain = load_domain(registry, parent_manifest, device=device, inception_weights=inception_weights)
+    omega = prepare_redaction_set(spec, registry, domain, uploads_dir)
+    hp = hyperparameters(method, spec.hyperparameters, target_invalidity=spec.gates.max_invalidity)
+    gan = GAN(registry.load_generator(parent_manifest.version), registry.load_discriminator(parent_manifest.version))
+    retained, _ = omega.training_split(domain.train.images.to(device))
+    reference = domain.reference(retained)
+
+    def quality(generator: torch.nn.Module) -> dict[str, Any]:
+        fid = FID(domain.extractor, reference, domain.extractor_name)
+        return {"fid": evaluate(generator, PROBE_SAMPLES, {"fid": fid}, seed=GATE_SEED + 1, device=device)["fid"]["fid"]}
+
+    callbacks.progress(0.0, {"stage": "training", "method": method})
+    result: MethodResult = run_method(
+        method, gan, omega, domain.train.images, hp,
+        callbacks=_stage(callbacks, "training", 0.0, 0.8), device=device, quality=quality,
+    )
+
+    callbacks.check_cancelled()
+    validating = _stage(callbacks, "validating", 0.8, 1.0)
+    n = spec.gates.eval_samples
+    before = judge(gan.generator, domain, n=n, seed=GATE_SEED, omega=omega, reference=reference, filtered=True,
+                   progress=lambda done, total: validating.progress(0.5 * done / total, {"model": "parent"}))
+    after = judge(result.gan.generator, domain, n=n, seed=GATE_SEED, omega=omega, reference=reference,
+                  progress=lambda done, total: validating.progress(0.5 + 0.5 * done / total, {"model": "candidate"}))
+    callbacks.check_cancelled()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        # Export and check parity before the version exists: a failed export leaves nothing.
+        onnx_path = export_generator_onnx(result.gan.generator, Path(scratch) / "generator.onnx")
+        parity = check_onnx_parity(result.gan.generator, onnx_path, atol=float("inf"))
+        gates = evaluate_gates(spec, before, after, parity)
+        failed = [g for g in gates if not g.passed]
+        status: Literal["promoted", "rejected"] = "rejected" if failed else "promoted"
+        reason = "; ".join(f"{g.name}: {g.value} against limit {g.limit} ({g.detail})" for g in failed) or None
+        metrics = {"before": before, "after": after, "method": method, "stats": result.stats,
+                   "history": result.history, "gates": [g.model_dump() for g in gates]}
+
+        def write_files(folder: Path) -> None:
+            save_model(result.gan.generator, folder, "generator")
+            save_model(result.gan.discriminator, folder, "discriminator")
+            shutil.copyfile(onnx_path, folder / "generator.onnx")
+
+        manifest = registry.create_version(
+            parent_manifest.model, write_files, parent=parent_manifest.version,
+            spec=spec.model_dump(mode="json"), metrics=metrics, status=status, reason=reason,
+            dataset=parent_manifest.dataset, classifier=parent_manifest.classifier,
+        )
+    activated = False
+    if status == "promoted" and activate:
+        registry.activate(manifest.version)
+        activated = True
+    outcome = JobOutcome(
+        version=manifest.version, parent=parent_manifest.version, status=status, activated=activated,
+        method=method, reason=reason, gates=gates, before=before, after=after, history=result.history,
+        stats=result.stats, duration_s=time.monotonic() - started,
+    )
+    if report_dir is not None:
+        from unlearning.report import write_report
+
+        outcome.report_dir = str(write_report(outcome, registry, report_dir, gan.generator, result.gan.generator))
+    callbacks.progress(1.0, {"stage": "done", "status": status})
+    return outcome

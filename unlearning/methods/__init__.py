@@ -1,0 +1,67 @@
+"""Unlearning methods: each a function (GAN, redaction set, data, hyperparameters,
+callbacks) -> MethodResult, and ``choose_method`` for ``method: auto``.
+
+| spec holds                      | auto picks        | paper                          |
+|---------------------------------|-------------------|--------------------------------|
+| a ``classifier`` set            | kong-classifier   | Kong & Chaudhuri Alg. 3, eq. 6 |
+| a ``validity`` set (no classif.)| kong-validity     | Kong & Chaudhuri Alg. 2        |
+| only ``data`` sets              | kong-data         | Kong & Chaudhuri Alg. 1        |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from unlearning.errors import SpecError
+from unlearning.methods import kong
+from unlearning.methods.base import GAN, Callbacks, MethodResult
+from unlearning.spec.schema import ForgetSpec
+
+# name -> (hyperparameter model, function(variant, gan, omega, train, hp, **kw))
+METHODS: dict[str, tuple[type[BaseModel], Callable[..., MethodResult]]] = {
+    name: (kong.KongHyperparameters, kong.redact) for name in kong.VARIANTS
+}
+NOT_YET = {"adapt-then-unlearn", "feedback", "i2i-encoder"}
+
+
+def choose_method(spec: ForgetSpec) -> str:
+    """The method a spec asks for, or the one ``auto`` picks from its kinds (table above)."""
+    kinds = {s.kind for s in spec.sets}
+    if spec.method != "auto":
+        name = spec.method
+    elif "feedback" in kinds:
+        name = "feedback"
+    elif "classifier" in kinds:
+        name = "kong-classifier"
+    elif "validity" in kinds:
+        name = "kong-validity"
+    else:
+        name = "kong-data"
+    if name in NOT_YET or "feedback" in kinds:
+        raise SpecError(
+            f"method: '{name}' is not available in this version of Lethe "
+            f"(available: {', '.join(METHODS)}); 'feedback' sets need the feedback method"
+        )
+    return name
+
+
+def hyperparameters(name: str, overrides: dict[str, Any], **defaults: Any) -> BaseModel:
+    """The method's hyperparameters: its defaults, then ``defaults``, then the spec's overrides."""
+    model = METHODS[name][0]
+    try:
+        return model(**{**defaults, **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"hyperparameters.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise SpecError(problems) from None
+
+
+def run_method(name: str, gan: GAN, omega, train_images, hp: BaseModel, **kwargs: Any) -> MethodResult:
+    return METHODS[name][1](name, gan, omega, train_images, hp, **kwargs)
+
+
+__all__ = ["METHODS", "GAN", "Callbacks", "MethodResult", "choose_method", "hyperparameters", "run_method"]

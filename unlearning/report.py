@@ -1,0 +1,104 @@
+"""A job's report folder: ``metrics.json``, before/after grids on the same latents,
+invalidity (and quality) over training as a plot, and ``index.html`` tying them together."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from unlearning.images import grid_image  # noqa: E402
+from unlearning.runtime import latents  # noqa: E402
+
+if TYPE_CHECKING:
+    from unlearning.jobs import JobOutcome
+    from unlearning.registry import Registry
+
+GRID_SEED = 7
+GRID_SAMPLES = 64
+
+
+@torch.no_grad()
+def _samples(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    generator.eval()
+    device = next(generator.parameters()).device
+    return generator(z.to(device)).cpu()
+
+
+def plot_history(history: list[dict], path: Path) -> Path | None:
+    """Invalidity per epoch (log scale) with the quality probe's FID on a second axis."""
+    epochs = [h["epoch"] for h in history if "invalidity" in h]
+    if not epochs:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    invalidity = [max(h["invalidity"], 1e-5) for h in history if "invalidity" in h]
+    ax.semilogy(epochs, invalidity, "o-", color="tab:red", label="invalidity (monitor samples)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("invalidity", color="tab:red")
+    fids = [(h["epoch"], h["fid"]) for h in history if "fid" in h]
+    if fids:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*fids), "s--", color="tab:blue", label="FID (quality probe)")
+        ax2.set_ylabel("FID", color="tab:blue")
+    ax.set_title("Invalidity over training")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    outcome: "JobOutcome", registry: "Registry", report_dir: Path, before: nn.Module, after: nn.Module
+) -> Path:
+    """Write the report for one job into ``report_dir`` (created); return the folder."""
+    folder = Path(report_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    z = latents(GRID_SAMPLES, before.latent_dim, GRID_SEED)
+    grid_image(_samples(before, z)).save(folder / "before.png")
+    grid_image(_samples(after, z)).save(folder / "after.png")
+    plotted = plot_history(outcome.history, folder / "invalidity.png")
+    (folder / "metrics.json").write_text(json.dumps(outcome.model_dump(mode="json"), indent=2))
+    (folder / "index.html").write_text(render_html(outcome, plotted is not None))
+    return folder
+
+
+def _number(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def render_html(outcome: "JobOutcome", has_plot: bool, image_base: str = "") -> str:
+    """Self-contained page; ``image_base`` prefixes the picture URLs (the service serves them)."""
+    rows = "".join(
+        f"<tr><td>{html.escape(g.name)}</td><td>{_number(g.value)}</td><td>{_number(g.limit)}</td>"
+        f"<td class={'ok' if g.passed else 'bad'}>{'pass' if g.passed else 'FAIL'}</td>"
+        f"<td>{html.escape(g.detail)}</td></tr>"
+        for g in outcome.gates
+    )
+    keys = ["invalidity", "fid", "filtered_fid", "inception_score", "samples", "extractor"]
+    metrics = "".join(
+        f"<tr><td>{k}</td><td>{_number(outcome.before.get(k))}</td><td>{_number(outcome.after.get(k))}</td></tr>"
+        for k in keys
+    )
+    plot = f'<h2>Invalidity over training</h2><img src="{image_base}invalidity.png">' if has_plot else ""
+    reason = f"<p class=bad>Not promoted: {html.escape(outcome.reason)}</p>" if outcome.reason else ""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Lethe report {html.escape(outcome.version)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
+.ok{{color:#070}}.bad{{color:#b00}}img{{image-rendering:pixelated;border:1px solid #ccc;margin-right:1em}}</style></head>
+<body><h1>{html.escape(outcome.version)} <small>from {html.escape(outcome.parent)}</small></h1>
+<p>Method <b>{html.escape(outcome.method)}</b>, status <b>{outcome.status}</b>, {outcome.duration_s:.1f} s.</p>{reason}
+<h2>Gates</h2><table><tr><th>gate</th><th>value</th><th>limit</th><th></th><th></th></tr>{rows}</table>
+<h2>Metrics</h2><table><tr><th></th><th>before ({html.escape(outcome.parent)})</th><th>after ({html.escape(outcome.version)})</th></tr>{metrics}</table>
+<h2>Samples on the same latents</h2><p>before &nbsp; / &nbsp; after</p>
+<img src="{image_base}before.png"><img src="{image_base}after.png">{plot}</body></html>"""
