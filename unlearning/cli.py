@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lethe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lethe models | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

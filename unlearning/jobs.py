@@ -23,7 +23,7 @@ from unlearning.errors import SpecError
 from unlearning.evaluation import Domain, forgotten_classes, judge, load_domain
 from unlearning.export import check_onnx_parity, export_generator_onnx
 from unlearning.methods import GAN, Callbacks, MethodResult, choose_method, hyperparameters, run_method
-from unlearning.metrics import FID, evaluate, min_share_ratio
+from unlearning.metrics import FID, evaluate, min_share_ratio, redaction_score
 from unlearning.models.io import save_model
 from unlearning.registry import Registry, VersionManifest
 from unlearning.runtime import pick_device
@@ -33,6 +33,7 @@ from unlearning.spec.checks import RedactionSet
 DEFAULT_MODEL = "digits"
 GATE_SEED = 20_240_601  # parent and candidate are judged on the same latents
 PROBE_SAMPLES = 2000
+SELECTION_MARGIN = 0.5
 
 
 class Gate(BaseModel):
@@ -110,9 +111,15 @@ def evaluate_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, An
         gates.append(Gate(name="invalidity", value=after["invalidity"], limit=g.max_invalidity,
                           passed=after["invalidity"] <= g.max_invalidity,
                           detail=f"on {after['samples']} fresh samples"))
-    increase = after["fid"] - before["fid"]
+    # Against the parent filtered by the same checks: the unfiltered parent still makes the
+    # samples being forgotten, which the retained-data reference lacks, so its FID is inflated
+    # and any redaction would look like an improvement.
+    baseline, against = (before["filtered_fid"], "parent filtered by the forget checks") \
+        if before.get("filtered_fid") is not None else (before["fid"], "parent")
+    increase = after["fid"] - baseline
     gates.append(Gate(name="fid_increase", value=increase, limit=g.max_fid_increase,
-                      passed=increase <= g.max_fid_increase, detail=f"extractor {after['extractor']}"))
+                      passed=increase <= g.max_fid_increase,
+                      detail=f"against the {against}; extractor {after['extractor']}"))
     excluded = forgotten_classes(before)
     ratio = min_share_ratio(before["class_shares"], after["class_shares"], excluded)
     gates.append(Gate(name="class_balance", value=ratio if ratio != float("inf") else None,
@@ -121,6 +128,17 @@ def evaluate_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, An
     gates.append(Gate(name="onnx_parity", value=parity, limit=1e-4, passed=parity <= 1e-4,
                       detail="max abs difference, PyTorch vs ONNX Runtime, 256 latents"))
     return gates
+
+
+def _mean_redaction_scores(parent: GAN, candidate: GAN, retained, omega_train) -> dict[str, float | None]:
+    """Mean RS(x) = D0(x) - D'(x) (Kong & Chaudhuri IV-C) over the training samples inside
+    and outside Omega: the forgotten ones should score clearly higher."""
+    def mean(images):
+        if len(images) == 0:
+            return None
+        return float(redaction_score(parent.discriminator, candidate.discriminator, images).mean())
+
+    return {"omega_mean": mean(omega_train), "retained_mean": mean(retained)}
 
 
 def run_redaction(
@@ -148,9 +166,11 @@ def run_redaction(
     parent_manifest = resolve_parent(registry, parent)
     domain = load_domain(registry, parent_manifest, device=device, inception_weights=inception_weights)
     omega = prepare_redaction_set(spec, registry, domain, uploads_dir)
-    hp = hyperparameters(method, spec.hyperparameters, target_invalidity=spec.gates.max_invalidity)
+    # Select epochs at half the gate's limit: the monitor's 2,000 samples are noisy, and an
+    # epoch chosen right at the limit fails the gate's fresh samples by chance.
+    hp = hyperparameters(method, spec.hyperparameters, target_invalidity=SELECTION_MARGIN * spec.gates.max_invalidity)
     gan = GAN(registry.load_generator(parent_manifest.version), registry.load_discriminator(parent_manifest.version))
-    retained, _ = omega.training_split(domain.train.images.to(device))
+    retained, omega_train = omega.training_split(domain.train.images.to(device))
     reference = domain.reference(retained)
 
     def quality(generator: torch.nn.Module) -> dict[str, Any]:
@@ -170,6 +190,7 @@ def run_redaction(
                    progress=lambda done, total: validating.progress(0.5 * done / total, {"model": "parent"}))
     after = judge(result.gan.generator, domain, n=n, seed=GATE_SEED, omega=omega, reference=reference,
                   progress=lambda done, total: validating.progress(0.5 + 0.5 * done / total, {"model": "candidate"}))
+    result.stats["redaction_score"] = _mean_redaction_scores(gan, result.gan, retained, omega_train)
     callbacks.check_cancelled()
 
     with tempfile.TemporaryDirectory() as scratch:

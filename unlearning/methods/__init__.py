@@ -40,11 +40,12 @@ def choose_method(spec: ForgetSpec) -> str:
         name = "kong-validity"
     else:
         name = "kong-data"
-    if name in NOT_YET or "feedback" in kinds:
-        raise SpecError(
-            f"method: '{name}' is not available in this version of Lethe "
-            f"(available: {', '.join(METHODS)}); 'feedback' sets need the feedback method"
-        )
+    if name in NOT_YET:
+        raise SpecError(f"method: '{name}' is not available in this version of Lethe "
+                        f"(available: {', '.join(METHODS)})")
+    if "feedback" in kinds:
+        raise SpecError("sets: a 'feedback' set needs the feedback method, which is not available "
+                        "in this version of Lethe")
     return name
 
 
@@ -54,8 +55,13 @@ def hyperparameters(name: str, overrides: dict[str, Any], **defaults: Any) -> Ba
     try:
         return model(**{**defaults, **overrides})
     except ValidationError as exc:
+        def reason(error: dict) -> str:
+            if error["type"] == "extra_forbidden":
+                return f"unknown hyperparameter for {name}; known: {', '.join(model.model_fields)}"
+            return error["msg"]
+
         problems = "; ".join(
-            f"hyperparameters.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            f"hyperparameters.{'.'.join(str(p) for p in e['loc'])}: {reason(e)}" for e in exc.errors()
         )
         raise SpecError(problems) from None
 

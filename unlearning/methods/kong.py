@@ -43,7 +43,8 @@ class KongHyperparameters(AdversarialSettings):
 
     # Two departures from App. D/E, measured on the digits default (bench/redaction.py):
     # * epochs 20, not 8: the paper's 8 MNIST epochs are ~7,500 steps; 8 digits epochs are
-    #   176. 20 epochs is 10 % of pre-training, the budget the project allows itself.
+    #   176. 20 epochs is 10 % of pre-training's mini-batch iterations (2 % of its
+    #   generator steps, which used K_G = 5), the budget the project allows itself.
     # * lam 0.95, not 0.85 (the paper's Table VIII tries both): on digits, 0.85 pushed the
     #   FID to 3-4x the filtered base; 0.95 forgets as well and keeps it near 1.5x.
     epochs: int = Field(20, ge=1, le=10_000)

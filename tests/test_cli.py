@@ -1,0 +1,191 @@
+"""The ``lethe`` CLI as a user runs it: real subprocesses against a real LETHE_HOME.
+
+Errors a user can cause end in exit code 2 and one ``lethe: error:`` line naming the
+problem (never a traceback) and leave every stored file as it was; a tiny forget job
+promotes, writes its report and can be rolled back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import snapshot
+from unlearning.registry import Registry
+
+BASE = "digits-v1"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ZERO_SCORE = {"kind": "classifier", "classifier": "digits",
+              "score": {"type": "one_minus_prob", "label": 0}, "tau": 0.5}
+
+
+def lethe(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "unlearning.cli", *map(str, args)],
+        env={**os.environ, "LETHE_HOME": str(home), "OMP_NUM_THREADS": "2"},
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_user_error(done: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, no traceback, and the last stderr line is the one ``lethe: error:`` line."""
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("lethe: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], done.stderr
+    message = errors[0]
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+def models_json(home: Path) -> list[dict]:
+    done = lethe(home, "models", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def active_of(listing: list[dict]) -> list[str]:
+    return [v["version"] for v in listing if v["active"]]
+
+
+def test_models_lists_the_bootstrap_version_as_active(quick_copy):
+    done = lethe(quick_copy, "models")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, done.stdout
+    assert lines[0].startswith(f"* {BASE} ") and "promoted" in lines[0] and "spec=base" in lines[0]
+
+    listing = models_json(quick_copy)
+    assert [v["version"] for v in listing] == [BASE]
+    assert listing[0]["active"] is True and listing[0]["status"] == "promoted"
+    assert listing[0]["parent"] is None and listing[0]["model"] == "digits"
+    assert set(listing[0]["files"]) >= {"generator.safetensors", "generator.onnx"}
+
+
+def test_bootstrap_again_builds_nothing_and_changes_nothing(quick_copy):
+    before = snapshot(quick_copy)
+    done = lethe(quick_copy, "bootstrap", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "built: nothing (already bootstrapped)" in done.stdout
+    assert f"active: {BASE}" in done.stdout
+    assert snapshot(quick_copy) == before
+
+
+def test_activate_unknown_version_is_one_line_error(quick_copy):
+    before = snapshot(quick_copy)
+    done = lethe(quick_copy, "activate", "digits-v99")
+    assert_user_error(done, "'digits-v99'", "not found", BASE)
+    assert done.stderr.strip().count("\n") == 0
+    assert done.stdout == ""
+    assert snapshot(quick_copy) == before
+
+
+BAD_SPECS = {
+    "malformed-yaml": ("name: broken\nsets:\n  - kind: classifier\n    score: {type: one_minus_prob, label: 0\n"
+                       "method: auto\n", ["not valid JSON or YAML", "line"]),
+    "unknown-classifier": (yaml.safe_dump({"name": "unknown-classifier",
+                                           "sets": [{**ZERO_SCORE, "classifier": "letters"}]}),
+                           ["sets[0].classifier", "'letters'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPECS))
+def test_redact_with_a_bad_spec_exits_2_and_changes_nothing(case, quick_copy, tmp_path):
+    text, fragments = BAD_SPECS[case]
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    before = snapshot(quick_copy)
+
+    done = lethe(quick_copy, "redact", path)
+
+    assert_user_error(done, *fragments)
+    assert snapshot(quick_copy) == before
+    assert not (quick_copy / "reports").exists()
+
+
+def test_eval_prints_json_metrics(quick_copy, tmp_path):
+    path = tmp_path / "zero.yaml"
+    path.write_text(yaml.safe_dump({"name": "forget-zero", "sets": [
+        {"kind": "validity", "rule": {"type": "classifier_label", "classifier": "digits", "labels": [0]}}]}))
+    before = snapshot(quick_copy)
+
+    done = lethe(quick_copy, "eval", BASE, "--samples", "500", "--json", "--spec", path)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["version"] == BASE and result["samples"] == 500
+    assert 0.0 <= result["invalidity"] <= 1.0
+    assert result["fid"] > 0 and 1.0 <= result["inception_score"] <= 10.0
+    assert result["extractor"] == "classifier:digits"
+    assert len(result["class_shares"]) == 10 and abs(sum(result["class_shares"]) - 1) < 1e-6
+    assert snapshot(quick_copy) == before
+
+
+def test_redact_promotes_reports_and_rolls_back(quick_copy, tmp_path):
+    path = tmp_path / "forget-zero.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "forget-zero-tiny", "sets": [ZERO_SCORE],
+        "hyperparameters": {"epochs": 1, "monitor_samples": 200},
+        "gates": {"eval_samples": 300, "max_invalidity": 1.0, "max_fid_increase": 1000,
+                  "min_class_share_ratio": 0.0},
+    }))
+
+    done = lethe(quick_copy, "redact", path, "--quiet")
+
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert "digits-v2 (kong-classifier, from digits-v1): PROMOTED and active" in done.stdout
+
+    report = quick_copy / "reports" / "forget-zero-tiny"
+    assert f"report: {report}/index.html" in done.stdout
+    for name in ("before.png", "after.png", "invalidity.png"):
+        assert (report / name).read_bytes().startswith(PNG_SIGNATURE), name
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["version"] == "digits-v2" and metrics["status"] == "promoted"
+    assert metrics["after"]["samples"] == 300 and {g["name"] for g in metrics["gates"]} >= {"invalidity",
+                                                                                             "onnx_parity"}
+    page = (report / "index.html").read_text()
+    assert "digits-v2" in page and 'src="before.png"' in page and 'src="invalidity.png"' in page
+
+    listing = lethe(quick_copy, "models")
+    assert listing.returncode == 0, listing.stderr
+    lines = {line[2:].split()[0]: line for line in listing.stdout.splitlines()}  # "* " marks the active one
+    assert lines["digits-v2"].startswith("* ") and "parent=digits-v1" in lines["digits-v2"]
+    assert lines[BASE].startswith("  ")
+
+    rollback = lethe(quick_copy, "activate", BASE)
+    assert rollback.returncode == 0, rollback.stderr
+    assert rollback.stdout.strip() == f"active digits: {BASE}"
+    assert active_of(models_json(quick_copy)) == [BASE]
+
+
+def _copy_of_base(folder: Path, home: Path) -> None:
+    for path in (home / "versions" / BASE).iterdir():
+        if path.name != "manifest.json":
+            (folder / path.name).write_bytes(path.read_bytes())
+
+
+def test_activate_a_corrupted_version_names_the_file(quick_copy):
+    registry = Registry(quick_copy)
+    second = registry.create_version("digits", lambda folder: _copy_of_base(folder, quick_copy), parent=BASE,
+                                     status="promoted", dataset="digits", classifier="digits")
+    assert second.version == "digits-v2"
+    registry.verify(second.version)  # intact before the damage
+    onnx = quick_copy / "versions" / "digits-v2" / "generator.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-10] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    before = snapshot(quick_copy)
+
+    done = lethe(quick_copy, "activate", "digits-v2")
+
+    assert_user_error(done, "digits-v2/generator.onnx", "checksum")
+    assert snapshot(quick_copy) == before
+    assert registry.active("digits") == BASE
