@@ -33,21 +33,32 @@ def _samples(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return generator(z.to(device)).cpu()
 
 
-def plot_history(history: list[dict], path: Path) -> Path | None:
-    """Invalidity per epoch (log scale) with the quality probe's FID on a second axis."""
-    epochs = [h["epoch"] for h in history if "invalidity" in h]
-    if not epochs:
+def plot_history(history: list[dict], path: Path, *, limit: float | None = None,
+                 selected: int | None = None) -> Path | None:
+    """Invalidity per epoch with the quality probe's FID on a second axis, the gate's limit
+    as a dashed line and the epoch that was kept marked."""
+    points = [(h["epoch"], h["invalidity"]) for h in history if "invalidity" in h]
+    if not points:
         return None
+    epochs, invalidity = zip(*points)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    invalidity = [max(h["invalidity"], 1e-5) for h in history if "invalidity" in h]
-    ax.semilogy(epochs, invalidity, "o-", color="tab:red", label="invalidity (monitor samples)")
+    positive = [v for v in invalidity if v > 0]
+    if positive and max(invalidity) / min(positive) > 20:  # log scale only when it spans decades
+        ax.set_yscale("log")
+        invalidity = [max(v, min(positive) / 2) for v in invalidity]
+    ax.plot(epochs, invalidity, "o-", color="tab:red", label="invalidity (monitor samples)")
+    if limit is not None:
+        ax.axhline(limit, color="tab:red", linestyle=":", label=f"gate limit {limit:g}")
+    if selected is not None:
+        ax.axvline(selected, color="grey", linestyle="--", label=f"kept: epoch {selected}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("invalidity", color="tab:red")
     fids = [(h["epoch"], h["fid"]) for h in history if "fid" in h]
     if fids:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*fids), "s--", color="tab:blue", label="FID (quality probe)")
-        ax2.set_ylabel("FID", color="tab:blue")
+        ax2.plot(*zip(*fids), "s--", color="tab:blue", alpha=0.7)
+        ax2.set_ylabel("FID (quality probe)", color="tab:blue")
+    ax.legend(loc="upper right", fontsize=8)
     ax.set_title("Invalidity over training")
     fig.tight_layout()
     fig.savefig(path)
@@ -64,7 +75,9 @@ def write_report(
     z = latents(GRID_SAMPLES, before.latent_dim, GRID_SEED)
     grid_image(_samples(before, z)).save(folder / "before.png")
     grid_image(_samples(after, z)).save(folder / "after.png")
-    plotted = plot_history(outcome.history, folder / "invalidity.png")
+    limit = next((g.limit for g in outcome.gates if g.name == "invalidity"), None)
+    plotted = plot_history(outcome.history, folder / "invalidity.png", limit=limit,
+                           selected=outcome.stats.get("selected_epoch"))
     (folder / "metrics.json").write_text(json.dumps(outcome.model_dump(mode="json"), indent=2))
     (folder / "index.html").write_text(render_html(outcome, plotted is not None))
     return folder
