@@ -1,0 +1,1 @@
+"""Lethe's HTTP service: BentoML app, admin API, job store and job worker."""
