@@ -45,6 +45,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
+from unlearning.processes import pid_alive
 from unlearning.errors import LetheError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -193,17 +194,6 @@ def _dumps_plain(value: dict[str, Any], what: str) -> str:
 def _dumps(value: dict[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(_finite(value), sort_keys=True, allow_nan=False)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
 
 
 def _process_started(pid: int) -> float | None:
@@ -592,7 +582,7 @@ class JobStore:
 
     @staticmethod
     def _local_claimer_alive(pid: int, started_at: str | None) -> bool:
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return False
         process_start = _process_started(pid)
         claimed = _age_s(started_at)

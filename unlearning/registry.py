@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from torch import nn
 
+from unlearning.processes import pid_alive
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
 from unlearning.models.io import load_model, save_model
 from unlearning.runtime import lethe_home
@@ -128,22 +129,11 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
 
 def _is_stale_tmp(name: str) -> bool:
     """``.tmp-<pid>-...`` whose writer is gone (this host). Unparseable names are stale."""
     match = re.match(rf"^{re.escape(_TMP_PREFIX)}(\d+)-", name)
-    return match is None or not _pid_alive(int(match.group(1)))
+    return match is None or not pid_alive(int(match.group(1)))
 
 
 def _remove_stale(parent: Path) -> None:
