@@ -107,3 +107,22 @@ def test_label_bias_score_end_to_end(base_copy, tmp_path):
     assert after["invalidity"] <= 0.95 * before["invalidity"]
     assert after["inception_score"] >= before["inception_score"] - 0.05
     assert after["fid"] <= before["fid"] * 1.1
+
+
+def test_union_of_sets_forgets_both(base_copy, base_judgement):
+    """Several sets (III-D): a validity rule for 0 and a soft classifier for 1 in one spec;
+    both digits fall from ~10 % to <= 3 % (two classes in the same 20-epoch budget; one
+    class alone reaches <= 0.5 %), the others keep at least half their share."""
+    spec = {"name": "forget-zero-and-one", "sets": [
+        ZERO,
+        {"kind": "classifier", "classifier": "digits", "score": {"type": "one_minus_prob", "label": 1}, "tau": 0.5},
+    ], "gates": {"max_invalidity": 0.03, "eval_samples": EVAL_SAMPLES}}
+    registry = Registry(base_copy)
+    outcome = run_redaction(spec, registry=registry, activate=False)
+    assert outcome.method == "kong-classifier" and outcome.status == "promoted", outcome.reason
+    before = base_judgement["before"]["class_shares"]
+    after = judge(registry.load_generator(outcome.version), base_judgement["domain"], n=EVAL_SAMPLES,
+                  seed=EVAL_SEED)["class_shares"]
+    assert before[0] > 0.05 and before[1] > 0.05
+    assert after[0] <= 0.03 and after[1] <= 0.03
+    assert min_share_ratio(before, after, exclude={0, 1}) >= 0.5

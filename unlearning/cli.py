@@ -131,6 +131,18 @@ def cmd_activate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.launcher import serve
+
+    return serve(port=args.port, host=args.host, workers=args.workers, job_worker=not args.no_job_worker)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.worker import main as worker_main
+
+    return worker_main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lethe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="serve sampling and the admin API (bootstraps first if needed)")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--workers", type=int, default=1, help="serving worker processes")
+    p.add_argument("--no-job-worker", action="store_true",
+                   help="do not run redaction jobs here (another instance or `lethe worker` does)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run queued redaction jobs, one at a time")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("models", help="list versions (* = active)")
     p.add_argument("--json", action="store_true")

@@ -19,14 +19,14 @@ import torch
 from pydantic import BaseModel
 
 from unlearning.data.files import load_images
-from unlearning.errors import SpecError
+from unlearning.errors import LetheError, SpecError
 from unlearning.evaluation import Domain, forgotten_classes, judge, load_domain
 from unlearning.export import check_onnx_parity, export_generator_onnx
 from unlearning.methods import GAN, Callbacks, MethodResult, choose_method, hyperparameters, run_method
 from unlearning.metrics import FID, evaluate, min_share_ratio, redaction_score
 from unlearning.models.io import save_model
-from unlearning.registry import Registry, VersionManifest
-from unlearning.runtime import pick_device
+from unlearning.registry import Registry, VersionManifest, onnx_classifier_module
+from unlearning.runtime import latents, pick_device
 from unlearning.spec import ForgetSpec, build_redaction_set, load_spec, referenced_files
 from unlearning.spec.checks import RedactionSet
 
@@ -94,7 +94,12 @@ def prepare_redaction_set(
 
     def resolve(name: str) -> torch.nn.Module:
         if name not in classifiers:
-            classifiers[name] = registry.load_classifier(name).to(domain.device).eval().requires_grad_(False)
+            uploaded = Path(uploads_dir) / name if uploads_dir is not None and name.endswith(".onnx") else None
+            if uploaded is not None and uploaded.is_file():
+                module = onnx_classifier_module(uploaded, name)  # an uploaded classifier: ONNX, never pickle
+            else:
+                module = registry.load_classifier(name)
+            classifiers[name] = module.to(domain.device).eval().requires_grad_(False)
         return classifiers[name]
 
     omega = build_redaction_set(spec, resolve, negatives)
@@ -102,6 +107,41 @@ def prepare_redaction_set(
         retained, _ = omega.training_split(domain.train.images)
         omega = omega.with_reference(retained, embed=domain.extractor)
     return omega
+
+
+def preflight(
+    spec: ForgetSpec | str | Path | dict,
+    registry: Registry,
+    *,
+    parent: str | None = None,
+    uploads_dir: Path | None = None,
+    device: torch.device | None = None,
+) -> tuple[ForgetSpec, str, VersionManifest]:
+    """Refuse now what the job would refuse later: the spec, the method, the parent, every
+    upload and classifier, and every check run once on a few of the parent's samples (an
+    uploaded classifier with the wrong output shape fails here). Returns the parsed spec,
+    the method and the parent's manifest."""
+    spec = load_spec(spec)
+    if spec.gates.max_attack_invalidity is not None:
+        raise SpecError("gates.max_attack_invalidity: the latent attack check is not available in this version")
+    method = choose_method(spec)
+    parent_manifest = resolve_parent(registry, parent)
+    domain = load_domain(registry, parent_manifest, device=device or torch.device("cpu"))
+    omega = prepare_redaction_set(spec, registry, domain, uploads_dir)
+    generator = registry.load_generator(parent_manifest.version).to(domain.device).eval()
+    with torch.no_grad():
+        probe = generator(latents(8, generator.latent_dim, 0).to(domain.device))
+        try:
+            if omega.has_judge:
+                omega.in_omega(probe)
+        except LetheError:
+            raise
+        except Exception as exc:  # e.g. an uploaded ONNX classifier that wants another input shape
+            raise SpecError(
+                f"sets: the forget checks fail on this model's images (shape {tuple(probe.shape[1:])}): "
+                f"{type(exc).__name__}: {str(exc)[:300]}"
+            ) from None
+    return spec, method, parent_manifest
 
 
 def evaluate_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, Any], parity: float) -> list[Gate]:

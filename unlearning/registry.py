@@ -530,7 +530,7 @@ class Registry:
 
         return self._store_classifier(
             name, write, fmt="onnx", metrics=metrics or {}, labels=labels, replace=replace,
-            check=lambda folder: _onnx_to_torch(folder / "classifier.onnx", f"{name}/classifier.onnx"),
+            check=lambda folder: onnx_classifier_module(folder / "classifier.onnx", f"{name}/classifier.onnx"),
         )
 
     def _get_classifier(self, name: str) -> ClassifierManifest:
@@ -557,7 +557,7 @@ class Registry:
         manifest = self.verify_classifier(name)
         folder = self.classifiers_dir / name
         if manifest.format == "onnx":
-            return _onnx_to_torch(folder / "classifier.onnx", f"classifiers/{name}/classifier.onnx")
+            return onnx_classifier_module(folder / "classifier.onnx", f"classifiers/{name}/classifier.onnx")
         return load_model(folder, "classifier")
 
     def list_classifiers(self) -> list[ClassifierManifest]:
@@ -572,7 +572,7 @@ class Registry:
         return found
 
 
-def _onnx_to_torch(path: Path, label: str) -> nn.Module:
+def onnx_classifier_module(path: Path, label: str) -> nn.Module:
     """Load an ONNX file without following external-data references (an upload must not
     make us read other files) and convert it to a torch module."""
     import onnx

@@ -132,10 +132,14 @@ def _run_eval(module: nn.Module, x: Tensor) -> Tensor:
         module.train(was_training)
 
 
-def _logits(module: nn.Module, x: Tensor) -> Tensor:
+def _logits(module: nn.Module, x: Tensor, name: str = "") -> Tensor:
     out = _run_eval(module, x)
     if out.dim() != 2 or out.shape[0] != x.shape[0]:
-        raise SpecError(f"classifier returned shape {tuple(out.shape)}; expected logits (N, classes)")
+        who = f"classifier {name!r}" if name else "classifier"
+        raise SpecError(
+            f"{who} returned shape {tuple(out.shape)} for images of shape {tuple(x.shape)}; "
+            "expected logits (N, classes)"
+        )
     return out
 
 
@@ -233,7 +237,7 @@ def _rule_check(rule: Rule, get: Callable[[str], nn.Module]) -> Callable[[Tensor
         labels = torch.tensor(rule.labels, dtype=torch.long)
 
         def label_check(x: Tensor) -> Tensor:
-            logits = _logits(module, x)
+            logits = _logits(module, x, rule.classifier)
             if int(labels.max()) >= logits.shape[1]:
                 raise SpecError(
                     f"classifier {rule.classifier!r} has {logits.shape[1]} classes; "
@@ -244,7 +248,7 @@ def _rule_check(rule: Rule, get: Callable[[str], nn.Module]) -> Callable[[Tensor
         return label_check
     if isinstance(rule, ClassifierScoreRule):
         module = get(rule.classifier)
-        return lambda x: soft_score(rule.score, _logits(module, x)) < rule.tau
+        return lambda x: soft_score(rule.score, _logits(module, x, rule.classifier)) < rule.tau
     if isinstance(rule, BoundaryRule):
         return lambda x: _boundary_sum(x, rule.margin) >= rule.max_sum
     if isinstance(rule, (AnyOfRule, AllOfRule)):
@@ -290,7 +294,7 @@ def _soft_classifier(s: ClassifierSet, get: Callable[[str], nn.Module], name: st
     score = s.score
 
     def f(x: Tensor) -> Tensor:
-        return soft_score(score, _logits(module, x))
+        return soft_score(score, _logits(module, x, s.classifier))
 
     return SoftClassifier(name=name, f=f, tau=s.tau)
 

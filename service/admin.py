@@ -1,0 +1,245 @@
+"""The admin API (mounted at ``/admin``): submit, watch, cancel and report redaction
+jobs, and activate versions. Every route needs ``Authorization: Bearer $LETHE_ADMIN_TOKEN``.
+
+It only translates HTTP into library calls: uploads are checked by ``unlearning.data``,
+specs and checks by ``unlearning.jobs.preflight``, jobs live in ``JobStore`` and run in
+the separate job worker (``service/worker.py``), never in a serving worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
+
+from service.http_limits import RequestTooLarge
+from service.job_store import JobFinishedError, JobStore, JobStoreBusyError
+from service.settings import Settings
+from unlearning.errors import IntegrityError, LetheError, NotFoundError
+from unlearning.registry import Registry
+
+log = logging.getLogger(__name__)
+
+MAX_FILES = 32
+_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_COPY_CHUNK = 1 << 20
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _status_for(exc: LetheError) -> int:
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, JobFinishedError):
+        return 409
+    if isinstance(exc, JobStoreBusyError):
+        return 503
+    if isinstance(exc, IntegrityError):
+        return 409
+    return 400
+
+
+class BearerAuth:
+    """401 for every admin path unless the bearer token matches (constant-time)."""
+
+    def __init__(self, app, token: str | None):
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.token is None:
+            response = error(401, "the admin API is disabled: no LETHE_ADMIN_TOKEN is configured on the server")
+            return await response(scope, receive, send)
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, presented = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(presented.strip(), self.token):
+            response = error(401, "missing or wrong admin token (send 'Authorization: Bearer <token>')")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _job_view(job) -> dict[str, Any]:
+    view = job.model_dump(mode="json")
+    result = job.result or {}
+    view["metrics"] = {"before": result.get("before"), "after": result.get("after"), "gates": result.get("gates")}
+    view["links"] = {"self": f"/admin/redactions/{job.id}", "report": f"/admin/redactions/{job.id}/report",
+                     "cancel": f"/admin/redactions/{job.id}/cancel"}
+    return view
+
+
+def inline_report(folder: Path) -> str:
+    """The job's report page with its pictures inlined (a browser cannot send the bearer
+    token for <img> requests)."""
+    page = (folder / "index.html").read_text()
+
+    def inline(match: re.Match) -> str:
+        picture = folder / match.group(1)
+        if not picture.is_file():
+            return match.group(0)
+        return f'src="data:image/png;base64,{base64.b64encode(picture.read_bytes()).decode()}"'
+
+    return re.sub(r'src="([a-z_]+\.png)"', inline, page)
+
+
+class AdminAPI:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.registry = Registry(settings.home)
+        self.store = JobStore(settings.home / "jobs.sqlite")
+        self.uploads_root = settings.home / "uploads"
+        self.reports_root = settings.home / "reports" / "jobs"
+
+    def app(self):
+        routes = [
+            Route("/redactions", self.submit, methods=["POST"]),
+            Route("/redactions", self.list_jobs, methods=["GET"]),
+            Route("/redactions/{job_id}", self.status, methods=["GET"]),
+            Route("/redactions/{job_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/redactions/{job_id}/report", self.report, methods=["GET"]),
+            Route("/models/{version}/activate", self.activate, methods=["POST"]),
+        ]
+        app = Starlette(routes=routes, exception_handlers={
+            LetheError: lambda request, exc: error(_status_for(exc), str(exc)),
+            RequestTooLarge: lambda request, exc: error(413, str(exc)),
+        })
+        return BearerAuth(app, self.settings.admin_token)
+
+    # ------------------------------------------------------------------------- submit
+
+    async def submit(self, request: Request) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        staging = self.uploads_root / f".tmp-{uuid.uuid4().hex}"
+        try:
+            if content_type.startswith("multipart/form-data"):
+                spec_bytes, parent = await self._read_multipart(request, staging)
+            elif content_type.startswith("application/json"):
+                spec_bytes, parent = await request.body(), request.query_params.get("from")
+            else:
+                return error(415, "send multipart/form-data (a 'spec' field plus files) or application/json (a spec)")
+            if not spec_bytes:
+                return error(400, "no 'spec' field: send the forget specification as JSON in a form field named 'spec'")
+            uploads = staging if staging.exists() else None
+            spec, method, parent_manifest = await anyio.to_thread.run_sync(
+                self._preflight, spec_bytes, parent, uploads
+            )
+            from unlearning.spec import referenced_files, spec_hash
+
+            if uploads is not None:
+                extra = sorted({p.name for p in uploads.iterdir()} - set(referenced_files(spec)) - _onnx_names(spec))
+                if extra:
+                    return error(400, f"uploaded file(s) {', '.join(extra)} are not referenced by the spec")
+            job_uploads = None
+            if uploads is not None:
+                job_uploads = self.uploads_root / uuid.uuid4().hex
+                staging.rename(job_uploads)
+            job = self.store.submit(
+                spec.model_dump(mode="json"), spec_hash=spec_hash(spec), spec_name=spec.name,
+                parent=parent_manifest.version, actor=_actor(request), uploads_dir=job_uploads,
+            )
+            log.info("job %s submitted: %s (%s) from %s", job.id, spec.name, method, parent_manifest.version)
+            return JSONResponse({"job_id": job.id, "state": job.state, "method": method,
+                                 "parent": parent_manifest.version, **_job_view(job)["links"]}, status_code=202)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _preflight(self, spec_bytes: bytes, parent: str | None, uploads: Path | None):
+        from unlearning.jobs import preflight
+
+        return preflight(spec_bytes, self.registry, parent=parent, uploads_dir=uploads)
+
+    async def _read_multipart(self, request: Request, staging: Path) -> tuple[bytes | None, str | None]:
+        form = await request.form(max_files=MAX_FILES, max_fields=8, max_part_size=1 << 20)
+        try:
+            spec_bytes: bytes | None = None
+            parent: str | None = None
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key == "spec":
+                        spec_bytes = await value.read(1 << 20)
+                        continue
+                    name = Path(value.filename or key).name
+                    if not _UPLOAD_NAME.match(name):
+                        raise LetheError(f"upload name {value.filename!r} is not allowed: use letters, digits, '_', '.', '-'")
+                    staging.mkdir(parents=True, exist_ok=True)
+                    target = staging / name
+                    if target.exists():
+                        raise LetheError(f"file {name!r} was uploaded twice")
+                    with open(target, "wb") as out:
+                        while chunk := await value.read(_COPY_CHUNK):
+                            out.write(chunk)
+                elif key == "spec":
+                    spec_bytes = value.encode()
+                elif key == "from":
+                    parent = value or None
+                else:
+                    raise LetheError(f"unknown form field {key!r}; send 'spec', optionally 'from', and files")
+            return spec_bytes, parent
+        finally:
+            await form.close()
+
+    # ------------------------------------------------------------------- the others
+
+    async def list_jobs(self, request: Request) -> JSONResponse:
+        jobs = self.store.list(limit=100)
+        return JSONResponse({"jobs": [_job_view(j) for j in jobs]})
+
+    async def status(self, request: Request) -> JSONResponse:
+        return JSONResponse(_job_view(self.store.get(request.path_params["job_id"])))
+
+    async def cancel(self, request: Request) -> JSONResponse:
+        job = self.store.cancel(request.path_params["job_id"])
+        return JSONResponse(_job_view(job), status_code=202 if not job.final else 200)
+
+    async def report(self, request: Request) -> HTMLResponse:
+        job = self.store.get(request.path_params["job_id"])
+        folder = self.reports_root / job.id
+        if not (folder / "index.html").is_file():
+            state = f"it is {job.state}" + (f": {job.reason}" if job.reason else "")
+            raise NotFoundError(f"job {job.id} has no report yet ({state})")
+        return HTMLResponse(inline_report(folder))
+
+    async def activate(self, request: Request) -> JSONResponse:
+        version = request.path_params["version"]
+        force = request.query_params.get("force", "").lower() in ("1", "true", "yes")
+        manifest = await anyio.to_thread.run_sync(lambda: self.registry.activate(version, force=force))
+        log.warning("version %s activated by %s", version, _actor(request))
+        return JSONResponse({"active": manifest.version, "model": manifest.model, "status": manifest.status})
+
+
+def _onnx_names(spec) -> set[str]:
+    return {s.classifier for s in spec.sets if getattr(s, "classifier", "").endswith(".onnx")} | {
+        r.classifier for r in _rules(spec) if getattr(r, "classifier", "").endswith(".onnx")
+    }
+
+
+def _rules(spec):
+    stack = [s.rule for s in spec.sets if hasattr(s, "rule")]
+    while stack:
+        rule = stack.pop()
+        yield rule
+        stack.extend(getattr(rule, "rules", []) or [])
+
+
+def _actor(request: Request) -> str:
+    """Who did it: a short fingerprint of the token (never the token itself)."""
+    header = request.headers.get("authorization", "")
+    return "token:" + hashlib.sha256(header.encode()).hexdigest()[:12]

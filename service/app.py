@@ -1,0 +1,161 @@
+"""The BentoML service: sampling over ONNX Runtime, with the admin API mounted at /admin.
+
+A thin translation layer (STYLE.md): sampling calls ``OnnxGenerator`` through the
+hot-swapping ``ActiveGenerator``; everything else is library code. Run with
+``lethe serve`` (which also starts the job worker) or ``bentoml serve service.app:Lethe``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import secrets
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from PIL import Image
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service.admin import AdminAPI
+from service.http_limits import BodySizeLimit
+from service.job_store import JobStore
+from service.metrics import metrics, publish_version
+from service.monitor import OnlineMonitor
+from service.settings import Settings
+from service.swap import ActiveGenerator, LoadedVersion, NotServableError
+from unlearning.errors import LetheError, NotFoundError
+from unlearning.registry import Registry
+
+log = logging.getLogger("lethe.service")
+
+SETTINGS = Settings.from_env()
+MAX_IMAGES = 1024
+MAX_SEED = 2**63 - 1
+
+Count = Annotated[int, Field(ge=1, le=MAX_IMAGES, strict=True, description="images to generate, 1-1024")]
+Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, strict=True, description="same seed + version = same images")]
+
+
+def _png(image: np.ndarray) -> bytes:
+    """One CHW float image in [-1, 1] -> PNG bytes."""
+    from unlearning.data.files import png_bytes
+    import torch
+
+    return png_bytes(torch.from_numpy(image))
+
+
+def _models_view(registry: Registry, model: str) -> dict[str, Any]:
+    versions = []
+    for m in registry.list_versions(model):
+        after = (m.metrics or {}).get("after") or {}
+        versions.append({
+            "version": m.version, "parent": m.parent, "status": m.status, "created_at": m.created_at,
+            "spec": (m.spec or {}).get("name") if m.spec else None, "reason": m.reason,
+            "metrics": {k: after.get(k) for k in ("invalidity", "fid", "filtered_fid", "inception_score", "extractor")
+                        if k in after} or (m.metrics or {}).get("quality") or None,
+        })
+    return {"model": model, "active": registry.active(model), "versions": versions}
+
+
+def public_app(registry: Registry, model: str) -> Starlette:
+    async def models(request: Request) -> JSONResponse:
+        return JSONResponse({"models": [_models_view(registry, name) for name in registry.models()] or
+                             [_models_view(registry, model)], "default": model})
+
+    return Starlette(routes=[Route("/models", models, methods=["GET"])])
+
+
+_REGISTRY = Registry(SETTINGS.home)
+
+
+@bentoml.asgi_app(AdminAPI(SETTINGS).app(), path="/admin")
+@bentoml.asgi_app(public_app(_REGISTRY, SETTINGS.model), path="/")
+@bentoml.service(
+    name="lethe",
+    workers=int(os.environ.get("LETHE_WORKERS", "1")),
+    threads=int(os.environ.get("LETHE_REQUEST_THREADS", "4")),
+    traffic={"timeout": 120},
+)
+class Lethe:
+    def __init__(self) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # torch only runs the monitor's checks here
+        self.registry = _REGISTRY
+        self.active = ActiveGenerator(
+            self.registry, SETTINGS.model, threads=SETTINGS.threads, poll_s=SETTINGS.swap_poll_s,
+            on_swap=self._swapped,
+        )
+        self.monitor = OnlineMonitor(
+            self.registry, JobStore(SETTINGS.home / "jobs.sqlite"), SETTINGS.model, SETTINGS.monitor_share
+        )
+        for manifest in self.registry.list_versions(SETTINGS.model):
+            publish_version(manifest)
+        self.active.start()
+        self.monitor.start()
+
+    @staticmethod
+    def _swapped(old: LoadedVersion | None, new: LoadedVersion) -> None:
+        m = metrics()
+        publish_version(new.manifest)
+        if old is not None:
+            m.active_model.labels(old.version).set(0)
+            m.swaps.inc()
+        m.active_model.labels(new.version).set(1)
+
+    @bentoml.on_shutdown
+    def _stop(self) -> None:
+        self.active.stop()
+        self.monitor.stop()
+
+    def _sample(self, n: int, seed: int | None, version: str | None) -> tuple[LoadedVersion, int, np.ndarray]:
+        try:
+            loaded = self.active.resolve(version)
+        except NotServableError as exc:
+            raise bentoml.exceptions.InvalidArgument(str(exc)) from None
+        except NotFoundError as exc:
+            raise bentoml.exceptions.NotFound(str(exc)) from None
+        except LetheError as exc:
+            raise bentoml.exceptions.InvalidArgument(str(exc)) from None
+        if seed is None:
+            seed = secrets.randbelow(2**31)
+        images = loaded.generator.sample(n, seed)
+        metrics().generated_images.labels(loaded.version).inc(n)
+        self.monitor.offer(loaded.version, images)
+        return loaded, seed, images
+
+    @staticmethod
+    def _headers(ctx: bentoml.Context, loaded: LoadedVersion, seed: int) -> None:
+        ctx.response.headers["X-Lethe-Model-Version"] = loaded.version
+        ctx.response.headers["X-Lethe-Seed"] = str(seed)
+        ctx.response.headers["X-Lethe-Worker"] = str(os.getpid())  # which worker answered
+
+    @bentoml.api(route="/generate")
+    def generate(self, ctx: bentoml.Context, n: Count = 1, seed: Seed = None, version: str | None = None) -> dict[str, Any]:
+        """``n`` images as base64 PNGs, with the version that made them and the seed."""
+        loaded, seed, images = self._sample(n, seed, version)
+        self._headers(ctx, loaded, seed)
+        return {
+            "model": loaded.manifest.model, "model_version": loaded.version, "seed": seed,
+            "images": [base64.b64encode(_png(img)).decode() for img in images],
+        }
+
+    @bentoml.api(route="/grid")
+    def grid(self, ctx: bentoml.Context, n: Count = 64, seed: Seed = None, version: str | None = None) -> Image.Image:
+        """The same images as ``/generate``, as one PNG grid."""
+        import torch
+        from unlearning.images import grid_image
+
+        loaded, seed, images = self._sample(n, seed, version)
+        self._headers(ctx, loaded, seed)
+        return grid_image(torch.from_numpy(images))
+
+
+Lethe.add_asgi_middleware(BodySizeLimit, limit=SETTINGS.max_request_bytes, admin_limit=SETTINGS.max_upload_bytes)

@@ -1,0 +1,99 @@
+"""``lethe serve``: bootstrap if needed, then run the BentoML server and the job worker
+side by side, restarting the worker if it dies, stopping both on SIGTERM/SIGINT.
+
+The worker is started once the server is ready, with the server's
+``PROMETHEUS_MULTIPROC_DIR`` (BentoML empties that folder when it starts), so job
+metrics appear at the server's ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+READY_TIMEOUT_S = 180.0
+WORKER_RESTART_S = 1.0
+
+
+def _bentoml_multiproc_dir() -> str:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return str(Path(BentoMLContainer.prometheus_multiproc_dir.get()).absolute())
+
+
+def _wait_ready(port: int, server: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+                if reply.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _stop(process: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def serve(*, port: int = 3000, host: str = "0.0.0.0", workers: int = 1, job_worker: bool = True) -> int:
+    from unlearning.bootstrap import bootstrap
+    from unlearning.registry import Registry
+
+    registry = Registry()
+    if registry.active("digits") is None:
+        print("lethe: no active model yet; bootstrapping the embedded default first", file=sys.stderr)
+        bootstrap(registry)
+    env = dict(os.environ, LETHE_HOME=str(registry.home), LETHE_WORKERS=str(workers))
+    if not env.get("LETHE_ADMIN_TOKEN"):
+        env["LETHE_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+        print(f"lethe: admin token (shown once, set LETHE_ADMIN_TOKEN to choose your own): "
+              f"{env['LETHE_ADMIN_TOKEN']}", file=sys.stderr, flush=True)
+    bentoml = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml), "serve", "service.app:Lethe", "--port", str(port), "--host", host]
+    server = subprocess.Popen(command, env=env)
+    worker: subprocess.Popen | None = None
+    stopping = False
+
+    def on_signal(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        if not _wait_ready(port, server):
+            print("lethe: the server did not become ready", file=sys.stderr)
+            return server.poll() or 1
+        print(f"lethe: serving on http://{host}:{port} (admin API at /admin)", file=sys.stderr, flush=True)
+        worker_env = dict(env, PROMETHEUS_MULTIPROC_DIR=_bentoml_multiproc_dir())
+        while not stopping:
+            if server.poll() is not None:
+                return server.returncode
+            if job_worker and (worker is None or worker.poll() is not None):
+                if worker is not None:
+                    print(f"lethe: job worker exited ({worker.returncode}); restarting it", file=sys.stderr, flush=True)
+                    time.sleep(WORKER_RESTART_S)
+                worker = subprocess.Popen([sys.executable, "-m", "service.worker"], env=worker_env)
+            time.sleep(0.2)
+        return 0
+    finally:
+        _stop(worker)
+        _stop(server)

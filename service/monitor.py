@@ -1,0 +1,141 @@
+"""The online monitor: a share of served images, checked against the forget checks.
+
+Requests only hand images to a bounded queue (dropped when full, never waited on); a
+background thread judges them with the redaction set of every forget spec the service
+knows (jobs queued, running or promoted, and the specs of promoted versions) and keeps,
+per (version that served them, spec), the invalid share of the last ``window`` images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from service.job_store import JobStore
+from service.metrics import metrics
+
+log = logging.getLogger(__name__)
+
+QUEUE_BATCHES = 256
+WINDOW = 2000
+REFRESH_S = 2.0
+
+
+class _Window:
+    def __init__(self, size: int):
+        self.flags: deque[bool] = deque(maxlen=size)
+
+    def add(self, invalid: np.ndarray) -> float:
+        self.flags.extend(bool(v) for v in invalid)
+        return sum(self.flags) / len(self.flags)
+
+
+class OnlineMonitor:
+    def __init__(self, registry, store: JobStore, model: str, share: float, *, window: int = WINDOW):
+        self.registry = registry
+        self.store = store
+        self.model = model
+        self.share = share
+        self.window = window
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+        self._rng = np.random.default_rng()
+        self._checks: dict[str, tuple[str, object]] = {}  # spec hash -> (spec name, redaction set)
+        self._broken: set[str] = set()
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._domain = None
+        self._refreshed = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def start(self) -> "OnlineMonitor":
+        if self.share > 0:
+            self._thread = threading.Thread(target=self._run, name="lethe-monitor", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def offer(self, version: str, images: np.ndarray) -> None:
+        """Called on the request path: pick ``share`` of the images, queue them, return."""
+        if self._thread is None:
+            return
+        picked = images[self._rng.random(len(images)) < self.share]
+        if len(picked):
+            try:
+                self._queue.put_nowait((version, picked.copy()))
+            except queue.Full:
+                self.dropped += 1
+
+    # ----------------------------------------------------------------- background thread
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                version, images = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._judge(version, images)
+            except Exception:
+                log.exception("online monitor failed on a batch from %s", version)
+
+    def _watched_specs(self) -> list[tuple[dict, str | None]]:
+        specs: list[tuple[dict, str | None]] = []
+        for job in self.store.list(limit=50, states=["queued", "running", "validating", "promoted"]):
+            specs.append((job.spec, job.uploads_dir))
+        for manifest in self.registry.list_versions(self.model):
+            if manifest.status == "promoted" and manifest.spec:
+                specs.append((manifest.spec, None))
+        return specs
+
+    def _refresh(self) -> None:
+        from unlearning.evaluation import load_domain
+        from unlearning.jobs import prepare_redaction_set
+        from unlearning.spec import load_spec
+
+        self._refreshed = time.monotonic()
+        for spec_doc, uploads in self._watched_specs():
+            key = hashlib.sha256(json.dumps(spec_doc, sort_keys=True).encode()).hexdigest()
+            if key in self._checks or key in self._broken:
+                continue
+            try:
+                if self._domain is None:
+                    import torch
+
+                    active = self.registry.active(self.model)
+                    self._domain = load_domain(self.registry, self.registry.get(active), device=torch.device("cpu"))
+                spec = load_spec(spec_doc)
+                omega = prepare_redaction_set(spec, self.registry, self._domain, Path(uploads) if uploads else None)
+                if not omega.has_judge:
+                    raise ValueError("the spec has no check that can judge generated samples")
+                self._checks[key] = (spec.name, omega)
+            except Exception as exc:
+                self._broken.add(key)
+                log.warning("online monitor cannot watch spec %r: %s", spec_doc.get("name"), exc)
+
+    def _judge(self, version: str, images: np.ndarray) -> None:
+        import torch
+
+        if time.monotonic() - self._refreshed > REFRESH_S:
+            self._refresh()
+        if not self._checks:
+            return
+        m = metrics()
+        x = torch.from_numpy(images)
+        with torch.no_grad():
+            for spec_name, omega in self._checks.values():
+                invalid = omega.in_omega(x).cpu().numpy()
+                ratio = self._windows.setdefault((version, spec_name), _Window(self.window)).add(invalid)
+                m.served_checked.labels(version, spec_name).inc(len(invalid))
+                m.served_invalid.labels(version, spec_name).inc(int(invalid.sum()))
+                m.served_invalidity.labels(version, spec_name).set(ratio)

@@ -1,0 +1,52 @@
+"""The service's settings, read once from the environment (every worker reads the same)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+MIB = 1 << 20
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a number") from None
+
+
+class Settings(BaseModel):
+    home: Path = Field(description="LETHE_HOME: registry, jobs, uploads, reports")
+    model: str = Field("digits", description="the generator served when a request names none")
+    admin_token: str | None = Field(None, description="LETHE_ADMIN_TOKEN; admin routes answer 401 without it")
+    max_upload_bytes: int = Field(description="LETHE_MAX_UPLOAD_MB: largest admin request body (413 above)")
+    max_request_bytes: int = Field(description="largest sampling request body (413 above)")
+    monitor_share: float = Field(description="LETHE_MONITOR_SHARE: share of served images the monitor checks")
+    swap_poll_s: float = Field(description="LETHE_SWAP_POLL_S: how often each worker reads the active pointer")
+    threads: int = Field(description="LETHE_THREADS: ONNX Runtime / torch threads per worker")
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        from unlearning.runtime import lethe_home
+
+        workers = max(1, int(_env_float("LETHE_WORKERS", 1)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        share = _env_float("LETHE_MONITOR_SHARE", 0.05)
+        if not 0.0 <= share <= 1.0:
+            raise SystemExit(f"LETHE_MONITOR_SHARE must be in [0, 1], got {share}")
+        return cls(
+            home=lethe_home(),
+            model=os.environ.get("LETHE_MODEL", "digits"),
+            admin_token=os.environ.get("LETHE_ADMIN_TOKEN") or None,
+            max_upload_bytes=int(_env_float("LETHE_MAX_UPLOAD_MB", 64) * MIB),
+            max_request_bytes=1 * MIB,
+            monitor_share=share,
+            swap_poll_s=_env_float("LETHE_SWAP_POLL_S", 0.25),
+            # split the cores between workers: oversubscribed threads are many times slower
+            threads=max(1, int(_env_float("LETHE_THREADS", max(1, cores // workers)))),
+        )

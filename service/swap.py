@@ -1,0 +1,141 @@
+"""Hot-swap: each serving worker follows ``active/<model>.json`` on its own.
+
+A watcher thread reads the pointer every ``poll_s``. When it names another version, the
+thread verifies that version's files, builds its ONNX Runtime session and runs one warm-up
+batch, all off the request path, then replaces ``current`` in one assignment. A request
+takes ``current`` once when it starts, so requests in flight finish on the session they
+started with. A version that cannot be loaded (corrupted, missing) is logged and the
+worker keeps serving what it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from unlearning.errors import LetheError, NotFoundError
+from unlearning.export import OnnxGenerator
+from unlearning.registry import Registry, VersionManifest
+
+log = logging.getLogger(__name__)
+
+WARMUP_BATCH = 64
+_PINNED_CACHE = 2  # sessions kept for requests that name a non-active version
+
+
+class NotServableError(LetheError):
+    """The requested version exists but is never served (rejected by its gates)."""
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    manifest: VersionManifest
+    generator: OnnxGenerator
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def load_version(registry: Registry, version: str, threads: int, *, active: bool = False) -> LoadedVersion:
+    """Verify ``generator.onnx`` against the manifest, build the session and warm it up.
+    A rejected version is only served when an operator forced it active."""
+    manifest = registry.get(version)
+    if manifest.status == "rejected" and not active:
+        raise NotServableError(f"version {version!r} was rejected by its gates and is never served")
+    path = registry.file_path(version, "generator.onnx")
+    generator = OnnxGenerator(path, intra_op_threads=threads)
+    generator.sample(WARMUP_BATCH, seed=0)
+    return LoadedVersion(manifest, generator)
+
+
+class ActiveGenerator:
+    """The active version of one generator in this worker, swapped when the pointer moves."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        model: str,
+        *,
+        threads: int,
+        poll_s: float = 0.25,
+        on_swap: Callable[[LoadedVersion | None, LoadedVersion], None] | None = None,
+    ):
+        self.registry = registry
+        self.model = model
+        self.threads = threads
+        self.poll_s = poll_s
+        self.on_swap = on_swap
+        self._current: LoadedVersion | None = None
+        self._pinned: OrderedDict[str, LoadedVersion] = OrderedDict()
+        self._pinned_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed: str | None = None  # a pointer target that would not load: logged once
+
+    @property
+    def current(self) -> LoadedVersion:
+        current = self._current
+        if current is None:
+            raise NotFoundError(f"no active version of {self.model!r}: run `lethe bootstrap` or activate one")
+        return current
+
+    def start(self) -> "ActiveGenerator":
+        self.refresh()
+        self._thread = threading.Thread(target=self._watch, name=f"lethe-swap-{self.model}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def refresh(self) -> bool:
+        """Swap if the pointer names another version; True when a swap happened."""
+        target = self.registry.active(self.model)
+        current = self._current
+        if target is None or (current is not None and current.version == target) or target == self._failed:
+            return False
+        try:
+            loaded = self._pinned.get(target) or load_version(self.registry, target, self.threads, active=True)
+        except LetheError as exc:
+            self._failed = target
+            kept = current.version if current else "nothing"
+            log.error("cannot serve %s (%s); still serving %s", target, exc, kept)
+            return False
+        self._failed = None
+        self._current = loaded  # one assignment: requests already running keep their session
+        log.info("serving %s (was %s)", loaded.version, current.version if current else "nothing")
+        if self.on_swap is not None:
+            self.on_swap(current, loaded)
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.refresh()
+            except Exception:  # the watcher must outlive a bad pointer or a full disk
+                log.exception("active pointer check failed for %s", self.model)
+
+    def resolve(self, version: str | None) -> LoadedVersion:
+        """The session for a request: the active one, or a named version of this model."""
+        current = self.current
+        if version is None or version == current.version:
+            return current
+        manifest = self.registry.get(version)  # NotFoundError lists the known versions
+        if manifest.model != self.model:
+            raise NotFoundError(f"version {version!r} belongs to {manifest.model!r}, not {self.model!r}")
+        with self._pinned_lock:
+            if version in self._pinned:
+                self._pinned.move_to_end(version)
+                return self._pinned[version]
+        loaded = load_version(self.registry, version, self.threads)
+        with self._pinned_lock:
+            self._pinned[version] = loaded
+            while len(self._pinned) > _PINNED_CACHE:
+                self._pinned.popitem(last=False)
+        return loaded

@@ -1,0 +1,153 @@
+"""A real `lethe serve` (BentoML server + job worker) in a subprocess, for tests."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+TOKEN = "test-admin-token"
+FINAL = {"promoted", "rejected", "failed", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LetheServer:
+    def __init__(self, home: Path, bentoml_home: Path, *, workers: int = 2, env: dict[str, str] | None = None):
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = bentoml_home.parent / f"serve-{self.port}.log"
+        self.env = dict(os.environ, LETHE_HOME=str(home), BENTOML_HOME=str(bentoml_home),
+                        LETHE_ADMIN_TOKEN=TOKEN, LETHE_SWAP_POLL_S="0.2", **(env or {}))
+        self.workers = workers
+        self.process: subprocess.Popen | None = None
+        self.client = httpx.Client(base_url=self.url, timeout=120)
+
+    def start(self) -> "LetheServer":
+        lethe = Path(sys.executable).with_name("lethe")
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(lethe), "serve", "--port", str(self.port), "--workers", str(self.workers), "--host", "127.0.0.1"],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"lethe serve exited early:\n{self.log()}"
+            try:
+                if self.client.get("/readyz", timeout=2).status_code == 200 and self.job_worker_pid():
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"lethe serve did not become ready:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.client.close()
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def job_worker_pid(self) -> int | None:
+        """The `python -m service.worker` child of our `lethe serve`."""
+        out = subprocess.run(["pgrep", "-f", "-P", str(self.process.pid), "service.worker"],
+                             capture_output=True, text=True).stdout.split()
+        return int(out[0]) if out else None
+
+    # ---------------------------------------------------------------------- sampling
+
+    def generate(self, **body: Any) -> httpx.Response:
+        return self.client.post("/generate", json=body)
+
+    def images(self, n: int, seed: int, version: str | None = None) -> tuple[str, torch.Tensor, list[str]]:
+        reply = self.generate(n=n, seed=seed, version=version)
+        assert reply.status_code == 200, reply.text
+        data = reply.json()
+        return data["model_version"], decode(data["images"]), data["images"]
+
+    def wait_serving(self, version: str, timeout: float = 5.0) -> float:
+        """Seconds until a request is answered by ``version``."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.generate(n=1, seed=0).json()["model_version"] == version:
+                return time.monotonic() - start
+            time.sleep(0.05)
+        raise AssertionError(f"{version} not served within {timeout} s")
+
+    # ------------------------------------------------------------------------- admin
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKEN}"}
+
+    def submit(self, spec: dict, files: dict[str, bytes] | None = None) -> httpx.Response:
+        import json
+
+        parts = {"spec": (None, json.dumps(spec), "application/json")}
+        for name, payload in (files or {}).items():
+            parts[name] = (name, payload, "application/octet-stream")
+        return self.client.post("/admin/redactions", files=parts, headers=self.auth)
+
+    def job(self, job_id: str) -> dict:
+        reply = self.client.get(f"/admin/redactions/{job_id}", headers=self.auth)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    def wait_job(self, job_id: str, *, until: set[str] = FINAL, timeout: float = 900, every=None) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job["state"] in until:
+                return job
+            if every is not None:
+                every(job)
+            time.sleep(1.0)
+        raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s:\n{self.log()}")
+
+    def activate(self, version: str) -> httpx.Response:
+        return self.client.post(f"/admin/models/{version}/activate", headers=self.auth)
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        """``/metrics`` parsed: (name, sorted labels) -> value, for ``lethe_*`` samples."""
+        text = self.client.get("/metrics").text
+        out = {}
+        for line in text.splitlines():
+            match = re.match(r"^(lethe_[a-z_]+)(\{[^}]*\})?\s+(\S+)$", line)
+            if match:
+                labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', match.group(2) or "")))
+                out[(match.group(1), labels)] = float(match.group(3))
+        return out
+
+
+def decode(images_b64: list[str]) -> torch.Tensor:
+    """Base64 PNGs -> float tensor (N, C, H, W) in [-1, 1]."""
+    arrays = []
+    for item in images_b64:
+        array = np.asarray(Image.open(io.BytesIO(base64.b64decode(item))), dtype=np.float32)
+        arrays.append(array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0))
+    return torch.from_numpy(np.stack(arrays)) / 127.5 - 1.0

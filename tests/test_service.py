@@ -1,0 +1,188 @@
+"""The service against a real `lethe serve` (BentoML server with 2 workers + job worker),
+temporary LETHE_HOME and BENTOML_HOME: the whole lifecycle of a forget request, swaps
+under load, gates, auth, bad input, and a job worker killed mid-training."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from serving import FINAL, LetheServer
+from unlearning.registry import Registry
+
+FORGET_ZERO = {
+    "name": "forget-zero",
+    "sets": [{"kind": "classifier", "classifier": "digits", "score": {"type": "one_minus_prob", "label": 0}, "tau": 0.5}],
+    "gates": {"max_invalidity": 0.01, "eval_samples": 5000},
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(base_home, tmp_path_factory):
+    root = tmp_path_factory.mktemp("service")
+    home = root / "home"
+    shutil.copytree(base_home, home)
+    srv = LetheServer(home, root / "bentoml", workers=2, env={"LETHE_MONITOR_SHARE": "0.5"}).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def classifier(base_home):
+    return Registry(base_home).load_classifier("digits").eval()
+
+
+def zero_share(classifier, images: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((classifier(images).argmax(1) == 0).float().mean())
+
+
+def versions(server) -> list[str]:
+    return [v["version"] for v in server.client.get("/models").json()["models"][0]["versions"]]
+
+
+@pytest.fixture(scope="module")
+def promoted(server, classifier):
+    """Forget digit 0 through the admin API; record what was served before and after."""
+    base, images, base_b64 = server.images(1000, seed=11)
+    reply = server.submit(FORGET_ZERO)
+    assert reply.status_code == 202, reply.text
+    job_id = reply.json()["job_id"]
+    seen_progress = []
+
+    def feed(job):  # keep serving while the job runs: the monitor judges what base serves
+        seen_progress.append(job["progress_info"])
+        server.generate(n=64)
+
+    job = server.wait_job(job_id, every=feed)
+    return {"base": base, "base_images": images, "base_b64": base_b64, "job": job, "progress": seen_progress}
+
+
+def test_lifecycle_forget_zero_promote_monitor_rollback(server, promoted, classifier):
+    base, job = promoted["base"], promoted["job"]
+    assert job["state"] == "promoted", (job["reason"], server.log())
+    assert any("invalidity" in p for p in promoted["progress"]), "no invalidity estimate while running"
+    new = job["version"]
+    server.wait_serving(new, timeout=5)
+
+    before = zero_share(classifier, promoted["base_images"])
+    version, after_images, _ = server.images(1000, seed=12)
+    after = zero_share(classifier, after_images)
+    assert version == new
+    assert before > 0.05 and after <= 0.02 and after < before / 5, (before, after)
+
+    report = server.client.get(f"/admin/redactions/{job['id']}/report", headers=server.auth)
+    assert report.status_code == 200 and "data:image/png;base64," in report.text and new in report.text
+
+    for _ in range(20):  # the monitor checks half of what is served, in the background
+        server.generate(n=128)
+    deadline = time.monotonic() + 20
+    key_new = ("lethe_served_invalidity_ratio", (("model_version", new), ("spec", "forget-zero")))
+    key_base = ("lethe_served_invalidity_ratio", (("model_version", base), ("spec", "forget-zero")))
+    while time.monotonic() < deadline and key_new not in server.metrics():
+        server.generate(n=128)
+        time.sleep(0.2)
+    metrics = server.metrics()
+    gate = metrics[("lethe_model_invalidity_ratio", (("model_version", new), ("spec", "forget-zero")))]
+    assert gate <= 0.01
+    assert metrics[key_base] > 0.05 and metrics[key_new] < metrics[key_base] / 3, (metrics[key_base], metrics[key_new])
+    assert metrics[("lethe_active_model_info", (("model_version", new),))] == 1
+    assert metrics[("lethe_redaction_jobs_total", (("method", "kong-classifier"), ("outcome", "promoted")))] >= 1
+
+    # rollback: the base version's samples come back bit for bit
+    assert server.activate(base).status_code == 200
+    server.wait_serving(base, timeout=5)
+    version, _, b64 = server.images(1000, seed=11)
+    assert version == base and b64 == promoted["base_b64"]
+
+
+def test_swap_under_load_fails_no_request(server, promoted):
+    base, new = promoted["base"], promoted["job"]["version"]
+    assert promoted["job"]["state"] == "promoted"
+    server.activate(base)
+    server.wait_serving(base)
+    results, failures, stop = [], [], threading.Event()
+
+    def client():
+        import httpx
+
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    reply = http.post("/generate", json={"n": 16})
+                    if reply.status_code != 200:
+                        failures.append(f"{reply.status_code} {reply.text[:200]}")
+                        continue
+                    results.append((started, reply.json()["model_version"], reply.headers["X-Lethe-Worker"]))
+                except Exception as exc:
+                    failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    swaps = []
+    for target in (new, base):
+        swaps.append((time.monotonic(), target))
+        assert server.activate(target).status_code == 200
+        time.sleep(8)
+    stop.set()
+    for t in threads:
+        t.join()
+
+    assert not failures, failures[:5]
+    assert {v for _, v, _ in results} <= {base, new}
+    workers = {w for _, _, w in results}
+    assert len(workers) == 2, workers
+    for (at, target), until in zip(swaps, [swaps[1][0], float("inf")]):
+        settled = [(w, v) for s, v, w in results if at + 5 <= s < until]
+        assert settled and all(v == target for _, v in settled), f"requests after {target} was activated: {settled[:5]}"
+        assert {w for w, _ in settled} == workers  # every worker serves the new version
+
+
+def test_rejected_candidate_is_never_served(server, promoted):
+    strict = {**FORGET_ZERO, "name": "impossible", "hyperparameters": {"epochs": 1},
+              "gates": {"max_invalidity": 0.0, "max_fid_increase": 0.0, "eval_samples": 1000}}
+    active_before = server.client.get("/models").json()["models"][0]["active"]
+    reply = server.submit(strict)
+    assert reply.status_code == 202, reply.text
+    job = server.wait_job(reply.json()["job_id"])
+    assert job["state"] == "rejected" and "invalidity" in job["reason"], job
+    listed = {v["version"]: v for v in server.client.get("/models").json()["models"][0]["versions"]}
+    assert listed[job["version"]]["status"] == "rejected" and listed[job["version"]]["reason"]
+    assert server.client.get("/models").json()["models"][0]["active"] == active_before
+    refused = server.generate(n=1, version=job["version"])
+    assert refused.status_code == 400 and "rejected" in refused.text
+    for _ in range(10):
+        assert server.generate(n=4).json()["model_version"] != job["version"]
+
+
+def test_kill_the_job_worker_mid_training(server, promoted):
+    long_job = {**FORGET_ZERO, "name": "long", "hyperparameters": {"epochs": 200, "patience": 200}}
+    known = versions(server)
+    reply = server.submit(long_job)
+    assert reply.status_code == 202, reply.text
+    job_id = reply.json()["job_id"]
+    job = server.wait_job(job_id, until={"running"} | FINAL, timeout=120)
+    assert job["state"] == "running", job
+    deadline = time.monotonic() + 120
+    while not server.job(job_id)["progress_info"].get("epoch") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    pid = int(server.job(job_id)["worker"].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+
+    assert server.generate(n=8).status_code == 200  # serving goes on
+    job = server.wait_job(job_id, timeout=120)
+    assert job["state"] == "failed" and "interrupted" in job["reason"], job
+    assert versions(server) == known
+    new_pid = server.job_worker_pid()
+    assert new_pid and new_pid != pid  # the worker came back
