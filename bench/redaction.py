@@ -45,6 +45,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finite, log, write_json  # noqa: E402
+
 METHODS = ("kong-data", "kong-validity", "kong-classifier")
 PAPER_DEFAULTS = {"lam": 0.85, "epochs": 8, "ema_decay": None, "select_best": False, "patience": None}
 ZERO_RULE = {"kind": "validity", "rule": {"type": "classifier_label", "classifier": "digits", "labels": [0]}}
@@ -61,15 +64,8 @@ SUMMARY_KEYS = ("invalidity", "inception_score", "fid", "fid_over_filtered_base"
                 "wall_time_ratio", "job_wall_time_ratio", "iteration_ratio", "selected_epoch", "epochs_run")
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def finite(x: Any) -> Any:
-    """JSON has no inf/nan: store them as null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def mean_se(values: list[Any]) -> dict[str, Any]:
@@ -329,11 +325,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         scratch.cleanup()
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------ markdown

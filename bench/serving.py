@@ -57,6 +57,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finite, log, write_json  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "digits"
 BATCHES = (1, 64, 256)
@@ -68,15 +71,8 @@ REQUEST_TIMEOUT_S = 120.0
 LOG_ERROR_MARKERS = ("Traceback", " ERROR ", "ERROR:", "[ERROR]", "Exception", "CRITICAL")
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def finite(x: Any) -> Any:
-    """JSON has no inf/nan: store them as null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -101,11 +97,6 @@ def latency_stats(values: list[float]) -> dict[str, Any]:
             "mean": float(xs.mean()), "max": float(xs.max())}
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
 
 
 def free_port() -> int:

@@ -150,10 +150,15 @@ class AdminAPI:
             if uploads is not None:
                 job_uploads = self.uploads_root / uuid.uuid4().hex
                 staging.rename(job_uploads)
-            job = self.store.submit(
-                spec.model_dump(mode="json"), spec_hash=spec_hash(spec), spec_name=spec.name,
-                parent=parent_manifest.version, actor=_actor(request), uploads_dir=job_uploads,
-            )
+            try:
+                job = self.store.submit(
+                    spec.model_dump(mode="json"), spec_hash=spec_hash(spec), spec_name=spec.name,
+                    parent=parent_manifest.version, actor=_actor(request), uploads_dir=job_uploads,
+                )
+            except BaseException:
+                if job_uploads is not None:  # no job refers to them: leave nothing behind
+                    shutil.rmtree(job_uploads, ignore_errors=True)
+                raise
             log.info("job %s submitted: %s (%s) from %s", job.id, spec.name, method, parent_manifest.version)
             return JSONResponse({"job_id": job.id, "state": job.state, "method": method,
                                  "parent": parent_manifest.version, **_job_view(job)["links"]}, status_code=202)
