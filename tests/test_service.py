@@ -118,7 +118,8 @@ def test_swap_under_load_fails_no_request(server, promoted):
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    reply = http.post("/generate", json={"n": 16})
+                    # a new connection each time: a kept-alive one sticks to one worker
+                    reply = http.post("/generate", json={"n": 16}, headers={"Connection": "close"})
                     if reply.status_code != 200:
                         failures.append(f"{reply.status_code} {reply.text[:200]}")
                         continue

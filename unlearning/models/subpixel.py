@@ -2,7 +2,7 @@
 
 * ``ConvTranspose2d(k=4, s=2, p=1)`` becomes a 3x3 convolution followed by a pixel
   shuffle. ONNX Runtime's CPU ConvTranspose kernel is several times slower than its Conv,
-  and the generator spent almost all its time there (measured: 2.1x faster end to end).
+  and the generator spent almost all its time there (measured: 2.2x faster end to end).
 * An eval-mode BatchNorm right after a Linear or a (rewritten) transposed convolution is
   folded into its weights, so the graph has no BatchNormalization nodes left.
 
