@@ -101,12 +101,13 @@ CASES = {
     "corrupted-parent": (spec(), {}, _corrupt, IntegrityError,
                          [f"{BASE}/generator.safetensors", "checksum"]),
     "method-feedback": (spec(method="feedback"), {}, None, SpecError, ["'feedback'", "not available"]),
-    "feedback-set": (spec(sets=[{"kind": "feedback", "marked": {"seed": 7, "n": 64, "indices": [3, 9]}}]),
-                     {}, None, SpecError, ["feedback", "not available"]),
-    "method-adapt-then-unlearn": (spec(method="adapt-then-unlearn"), {}, None, SpecError,
-                                  ["'adapt-then-unlearn'", "not available"]),
-    "attack-gate": (spec(gates={"max_attack_invalidity": 0.01}), {}, None, SpecError,
-                    ["gates.max_attack_invalidity", "not available"]),
+    "feedback-set-for-kong": (spec(method="kong-validity", sets=[{"kind": "feedback", "marked": {
+                              "seed": 7, "n": 64, "indices": [3, 9]}}]),
+                              {}, None, SpecError, ["feedback", "kong-validity", "adapt-then-unlearn"]),
+    "method-i2i": (spec(method="i2i-encoder"), {}, None, SpecError, ["'i2i-encoder'", "not available"]),
+    "attack-gate-without-judge": (spec(method="adapt-then-unlearn", gates={"max_attack_invalidity": 0.01},
+                                       sets=[{"kind": "feedback", "marked": {"seed": 7, "n": 64, "indices": [3, 9]}}]),
+                                  {}, None, SpecError, ["gates.max_attack_invalidity", "feedback marks cannot judge"]),
 }
 
 

@@ -81,9 +81,9 @@ def test_auto_picks_by_kind(kinds, expected):
 
 
 def test_methods_of_later_papers_are_refused_by_name():
-    spec = load_spec({"name": "x", "method": "adapt-then-unlearn", "sets": [{"kind": "validity", "rule": {
+    spec = load_spec({"name": "x", "method": "i2i-encoder", "sets": [{"kind": "validity", "rule": {
         "type": "boundary", "margin": 1, "max_sum": 4.0}}]})
-    with pytest.raises(SpecError, match="adapt-then-unlearn"):
+    with pytest.raises(SpecError, match="i2i-encoder"):
         choose_method(spec)
 
 

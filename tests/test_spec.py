@@ -130,7 +130,7 @@ BAD_SPECS = [
     ("missing kind", _with(lambda d: d["sets"][0].pop("kind")), "sets[0].kind: field required"),
     ("unknown method", _with(lambda d: d.update(method="kong-foo")),
      "method: 'kong-foo' is not one of auto, kong-data, kong-validity, kong-classifier, "
-     "adapt-then-unlearn, feedback, i2i-encoder"),
+     "adapt-then-unlearn, param-extrapolation, feedback, i2i-encoder"),
     ("empty sets", _with(lambda d: d.update(sets=[])), "sets: list should have at least 1 item"),
     ("tau above 1", _with(lambda d: d["sets"][2].update(tau=1.5)), "sets[2].tau: should be less than 1"),
     ("tau zero", _with(lambda d: d["sets"][2].update(tau=0)), "sets[2].tau: should be greater than 0"),

@@ -89,9 +89,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         spec_path = Path(args.spec)
         uploads = Path(args.uploads) if args.uploads else spec_path.resolve().parent
         omega = prepare_redaction_set(load_spec(spec_path), registry, domain, uploads)
-    result = judge(registry.load_generator(args.version).to(device), domain, n=args.samples,
-                   seed=args.seed, omega=omega, filtered=omega is not None)
+    generator = registry.load_generator(args.version).to(device)
+    result = judge(generator, domain, n=args.samples, seed=args.seed, omega=omega, filtered=omega is not None)
     result["version"] = args.version
+    if omega is not None and omega.has_judge and args.attack_starts:
+        from unlearning.metrics import AttackSettings, latent_attack
+
+        result["attack"] = latent_attack(generator, omega, AttackSettings(starts=args.attack_starts), device=device)
     if args.json:
         _print_json(result)
         return 0
@@ -99,6 +103,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if key in result:
             print(f"{key:16}{_fmt(result[key])}")
     print("class shares    " + " ".join(f"{s:.3f}" for s in result["class_shares"]))
+    if "attack" in result:
+        attack = result["attack"]
+        print(f"worst case      {_fmt(attack['worst_case'])} (latent attack from {attack['starts']} starts: "
+              f"{_fmt(attack.get('attack_invalidity'))}; random {_fmt(attack['random_invalidity'])}; truncation "
+              + ", ".join(f"psi {psi}: {_fmt(v)}" for psi, v in attack["truncation"].items()) + ")")
     return 0
 
 
@@ -165,12 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_redact)
 
-    p = sub.add_parser("eval", help="invalidity, IS, FID of a version")
+    p = sub.add_parser("eval", help="invalidity, IS, FID and worst-case (latent attack) invalidity of a version")
     p.add_argument("version")
     p.add_argument("--spec", default=None, help="judge invalidity against this forget specification")
     p.add_argument("--uploads", default=None)
     p.add_argument("--samples", type=int, default=50_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attack-starts", type=int, default=256,
+                   help="random latents for the worst-case attack check (0: skip it)")
     p.add_argument("--inception-weights", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

@@ -22,8 +22,10 @@ from unlearning.data.files import load_images
 from unlearning.errors import LetheError, SpecError
 from unlearning.evaluation import Domain, forgotten_classes, judge, load_domain
 from unlearning.export import check_onnx_parity, export_generator_onnx
-from unlearning.methods import GAN, Callbacks, MethodResult, choose_method, hyperparameters, run_method
-from unlearning.metrics import FID, evaluate, min_share_ratio, redaction_score
+from unlearning.methods import (
+    DATA_FREE_METHODS, GAN, Callbacks, MethodResult, choose_method, hyperparameters, run_method,
+)
+from unlearning.metrics import FID, evaluate, latent_attack, min_share_ratio, redaction_score
 from unlearning.models.io import save_model
 from unlearning.registry import Registry, VersionManifest, onnx_classifier_module
 from unlearning.runtime import latents, pick_device
@@ -34,6 +36,7 @@ DEFAULT_MODEL = "digits"
 GATE_SEED = 20_240_601  # parent and candidate are judged on the same latents
 PROBE_SAMPLES = 2000
 SELECTION_MARGIN = 0.5
+ATTACK_IMAGES = 64  # attacked samples shown in the report
 
 
 class Gate(BaseModel):
@@ -122,12 +125,11 @@ def preflight(
     uploaded classifier with the wrong output shape fails here). Returns the parsed spec,
     the method and the parent's manifest."""
     spec = load_spec(spec)
-    if spec.gates.max_attack_invalidity is not None:
-        raise SpecError("gates.max_attack_invalidity: the latent attack check is not available in this version")
     method = choose_method(spec)
     parent_manifest = resolve_parent(registry, parent)
     domain = load_domain(registry, parent_manifest, device=device or torch.device("cpu"))
     omega = prepare_redaction_set(spec, registry, domain, uploads_dir)
+    _require_judge_for_attack_gate(spec, omega)
     generator = registry.load_generator(parent_manifest.version).to(domain.device).eval()
     with torch.no_grad():
         probe = generator(latents(8, generator.latent_dim, 0).to(domain.device))
@@ -142,6 +144,30 @@ def preflight(
                 f"{type(exc).__name__}: {str(exc)[:300]}"
             ) from None
     return spec, method, parent_manifest
+
+
+def _require_judge_for_attack_gate(spec: ForgetSpec, omega: RedactionSet) -> None:
+    if spec.gates.max_attack_invalidity is not None and not omega.has_judge:
+        raise SpecError("gates.max_attack_invalidity: the attack check needs a validity, classifier or "
+                        "data set to judge the images it finds (feedback marks cannot judge new images)")
+
+
+def attack_check(
+    parent: torch.nn.Module, candidate: torch.nn.Module, omega: RedactionSet, device: torch.device, progress=None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """The latent attack on parent and candidate from the same starts: (parent summary,
+    candidate summary, the first attacked images of each for the report)."""
+    summaries, images = [], {}
+    for i, (name, generator) in enumerate((("parent", parent), ("candidate", candidate))):
+        result = latent_attack(
+            generator, omega, device=device, keep_images=ATTACK_IMAGES,
+            progress=(lambda done, total, i=i, name=name: progress(0.5 * (i + done / total), {"model": name, "attack": True}))
+            if progress else None,
+        )
+        if "images" in result:
+            images[name] = result.pop("images")
+        summaries.append(result)
+    return summaries[0], summaries[1], images
 
 
 def evaluate_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, Any], parity: float) -> list[Gate]:
@@ -165,6 +191,12 @@ def evaluate_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, An
     gates.append(Gate(name="class_balance", value=ratio if ratio != float("inf") else None,
                       limit=g.min_class_share_ratio, passed=ratio >= g.min_class_share_ratio,
                       detail=f"smallest retained-class share ratio; forgotten classes {sorted(excluded)}"))
+    if g.max_attack_invalidity is not None:
+        worst = after["attack"]["worst_case"]
+        gates.append(Gate(name="attack_invalidity", value=worst, limit=g.max_attack_invalidity,
+                          passed=worst <= g.max_attack_invalidity,
+                          detail=f"worst case of latent gradient ascent from {after['attack']['starts']} starts "
+                                 "and truncation extremes"))
     gates.append(Gate(name="onnx_parity", value=parity, limit=1e-4, passed=parity <= 1e-4,
                       detail="max abs difference, PyTorch vs ONNX Runtime, 256 latents"))
     return gates
@@ -198,14 +230,13 @@ def run_redaction(
     registry = registry or Registry()
     callbacks = callbacks or Callbacks()
     device = device or pick_device()
-    if spec.gates.max_attack_invalidity is not None:
-        raise SpecError("gates.max_attack_invalidity: the latent attack check is not available in this version")
 
     # Everything refusable is refused here, before any training.
     method = choose_method(spec)
     parent_manifest = resolve_parent(registry, parent)
     domain = load_domain(registry, parent_manifest, device=device, inception_weights=inception_weights)
     omega = prepare_redaction_set(spec, registry, domain, uploads_dir)
+    _require_judge_for_attack_gate(spec, omega)
     # Select epochs at half the gate's limit: the monitor's 2,000 samples are noisy, and an
     # epoch chosen right at the limit fails the gate's fresh samples by chance.
     hp = hyperparameters(method, spec.hyperparameters, target_invalidity=SELECTION_MARGIN * spec.gates.max_invalidity)
@@ -218,8 +249,10 @@ def run_redaction(
         return {"fid": evaluate(generator, PROBE_SAMPLES, {"fid": fid}, seed=GATE_SEED + 1, device=device)["fid"]["fid"]}
 
     callbacks.progress(0.0, {"stage": "training", "method": method})
+    # data-free methods (Adapt-then-Unlearn) never see the training images
+    train_images = None if method in DATA_FREE_METHODS else domain.train.images
     result: MethodResult = run_method(
-        method, gan, omega, domain.train.images, hp,
+        method, gan, omega, train_images, hp,
         callbacks=_stage(callbacks, "training", 0.0, 0.8), device=device, quality=quality,
     )
 
@@ -227,9 +260,15 @@ def run_redaction(
     validating = _stage(callbacks, "validating", 0.8, 1.0)
     n = spec.gates.eval_samples
     before = judge(gan.generator, domain, n=n, seed=GATE_SEED, omega=omega, reference=reference, filtered=True,
-                   progress=lambda done, total: validating.progress(0.5 * done / total, {"model": "parent"}))
+                   progress=lambda done, total: validating.progress(0.4 * done / total, {"model": "parent"}))
     after = judge(result.gan.generator, domain, n=n, seed=GATE_SEED, omega=omega, reference=reference,
-                  progress=lambda done, total: validating.progress(0.5 + 0.5 * done / total, {"model": "candidate"}))
+                  progress=lambda done, total: validating.progress(0.4 + 0.4 * done / total, {"model": "candidate"}))
+    attack_images: dict[str, torch.Tensor] = {}
+    if omega.has_judge:
+        callbacks.check_cancelled()
+        before["attack"], after["attack"], attack_images = attack_check(
+            gan.generator, result.gan.generator, omega, device, _stage(validating, "attack", 0.8, 1.0).progress,
+        )
     result.stats["redaction_score"] = _mean_redaction_scores(gan, result.gan, retained, omega_train)
     callbacks.check_cancelled()
 
@@ -266,6 +305,7 @@ def run_redaction(
     if report_dir is not None:
         from unlearning.report import write_report
 
-        outcome.report_dir = str(write_report(outcome, registry, report_dir, gan.generator, result.gan.generator))
+        outcome.report_dir = str(write_report(outcome, registry, report_dir, gan.generator, result.gan.generator,
+                                                   attack_images=attack_images))
     callbacks.progress(1.0, {"stage": "done", "status": status})
     return outcome

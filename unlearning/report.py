@@ -67,9 +67,11 @@ def plot_history(history: list[dict], path: Path, *, limit: float | None = None,
 
 
 def write_report(
-    outcome: "JobOutcome", registry: "Registry", report_dir: Path, before: nn.Module, after: nn.Module
+    outcome: "JobOutcome", registry: "Registry", report_dir: Path, before: nn.Module, after: nn.Module,
+    attack_images: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the report for one job into ``report_dir`` (created); return the folder."""
+    """Write the report for one job into ``report_dir`` (created); return the folder.
+    ``attack_images`` ({"parent", "candidate"}) are the latent attack's final samples."""
     folder = Path(report_dir)
     folder.mkdir(parents=True, exist_ok=True)
     z = latents(GRID_SAMPLES, before.latent_dim, GRID_SEED)
@@ -78,8 +80,12 @@ def write_report(
     limit = next((g.limit for g in outcome.gates if g.name == "invalidity"), None)
     plotted = plot_history(outcome.history, folder / "invalidity.png", limit=limit,
                            selected=outcome.stats.get("selected_epoch"))
+    attacked = bool(attack_images) and {"parent", "candidate"} <= set(attack_images)
+    if attacked:
+        grid_image(attack_images["parent"]).save(folder / "attack_before.png")
+        grid_image(attack_images["candidate"]).save(folder / "attack_after.png")
     (folder / "metrics.json").write_text(json.dumps(outcome.model_dump(mode="json"), indent=2))
-    (folder / "index.html").write_text(render_html(outcome, plotted is not None))
+    (folder / "index.html").write_text(render_html(outcome, plotted is not None, attacked=attacked))
     return folder
 
 
@@ -91,7 +97,32 @@ def _number(value) -> str:
     return html.escape(str(value))
 
 
-def render_html(outcome: "JobOutcome", has_plot: bool, image_base: str = "") -> str:
+def _attack_section(outcome: "JobOutcome", attacked: bool, image_base: str) -> str:
+    before, after = outcome.before.get("attack"), outcome.after.get("attack")
+    if not before or not after:
+        return ""
+    keys = [("random_invalidity", "random starts"), ("attack_invalidity", "after gradient ascent"),
+            ("median_steps", "median steps to reach the forget set"), ("worst_case", "worst case")]
+    keys += [(f"truncation/{psi}", f"truncation psi={psi}") for psi in after.get("truncation", {})]
+
+    def value(summary: dict, key: str):
+        if key.startswith("truncation/"):
+            return summary.get("truncation", {}).get(key.split("/", 1)[1])
+        return summary.get(key)
+
+    rows = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>{_number(value(before, k))}</td><td>{_number(value(after, k))}</td></tr>"
+        for k, label in keys
+    )
+    pictures = ('<p>where the attack ended (the first starts): before &nbsp; / &nbsp; after</p>'
+                f'<img src="{image_base}attack_before.png"><img src="{image_base}attack_after.png">') if attacked else ""
+    note = "" if after.get("gradient", True) else "<p>No check of this spec has a gradient: truncation only.</p>"
+    return (f"<h2>Worst case (latent attack)</h2><p>Gradient ascent on the forget checks' margin from "
+            f"{after['starts']} random latents, {after['steps']} steps each, inside the prior's typical ball.</p>"
+            f"{note}<table><tr><th></th><th>before</th><th>after</th></tr>{rows}</table>{pictures}")
+
+
+def render_html(outcome: "JobOutcome", has_plot: bool, image_base: str = "", attacked: bool = False) -> str:
     """Self-contained page; ``image_base`` prefixes the picture URLs (the service serves them)."""
     rows = "".join(
         f"<tr><td>{html.escape(g.name)}</td><td>{_number(g.value)}</td><td>{_number(g.limit)}</td>"
@@ -114,4 +145,5 @@ def render_html(outcome: "JobOutcome", has_plot: bool, image_base: str = "") -> 
 <h2>Gates</h2><table><tr><th>gate</th><th>value</th><th>limit</th><th></th><th></th></tr>{rows}</table>
 <h2>Metrics</h2><table><tr><th></th><th>before ({html.escape(outcome.parent)})</th><th>after ({html.escape(outcome.version)})</th></tr>{metrics}</table>
 <h2>Samples on the same latents</h2><p>before &nbsp; / &nbsp; after</p>
-<img src="{image_base}before.png"><img src="{image_base}after.png">{plot}</body></html>"""
+<img src="{image_base}before.png"><img src="{image_base}after.png">{plot}
+{_attack_section(outcome, attacked, image_base)}</body></html>"""

@@ -6,6 +6,9 @@ callbacks) -> MethodResult, and ``choose_method`` for ``method: auto``.
 | a ``classifier`` set            | kong-classifier   | Kong & Chaudhuri Alg. 3, eq. 6 |
 | a ``validity`` set (no classif.)| kong-validity     | Kong & Chaudhuri Alg. 2        |
 | only ``data`` sets              | kong-data         | Kong & Chaudhuri Alg. 1        |
+
+Asked for by name only (no training data needed): ``adapt-then-unlearn`` (Tiwary et al.,
+Alg. 1-2, EWC adaptation then repulsion) and its baseline ``param-extrapolation``.
 """
 
 from __future__ import annotations
@@ -16,15 +19,19 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from unlearning.errors import SpecError
-from unlearning.methods import kong
+from unlearning.methods import adapt_then_unlearn, kong
 from unlearning.methods.base import GAN, Callbacks, MethodResult
 from unlearning.spec.schema import ForgetSpec
 
 # name -> (hyperparameter model, function(variant, gan, omega, train, hp, **kw))
 METHODS: dict[str, tuple[type[BaseModel], Callable[..., MethodResult]]] = {
-    name: (kong.KongHyperparameters, kong.redact) for name in kong.VARIANTS
+    **{name: (kong.KongHyperparameters, kong.redact) for name in kong.VARIANTS},
+    **{name: (adapt_then_unlearn.AdaptThenUnlearnHyperparameters, adapt_then_unlearn.redact)
+       for name in adapt_then_unlearn.VARIANTS},
 }
-NOT_YET = {"adapt-then-unlearn", "feedback", "i2i-encoder"}
+NOT_YET = {"feedback", "i2i-encoder"}
+USES_FEEDBACK_MARKS = set(adapt_then_unlearn.VARIANTS)
+DATA_FREE_METHODS = frozenset(adapt_then_unlearn.VARIANTS)  # they get no training images
 
 
 def choose_method(spec: ForgetSpec) -> str:
@@ -43,9 +50,8 @@ def choose_method(spec: ForgetSpec) -> str:
     if name in NOT_YET:
         raise SpecError(f"method: '{name}' is not available in this version of Lethe "
                         f"(available: {', '.join(METHODS)})")
-    if "feedback" in kinds:
-        raise SpecError("sets: a 'feedback' set needs the feedback method, which is not available "
-                        "in this version of Lethe")
+    if "feedback" in kinds and name not in USES_FEEDBACK_MARKS:
+        raise SpecError(f"sets: a 'feedback' set cannot be used by {name}; use adapt-then-unlearn")
     return name
 
 
@@ -70,4 +76,4 @@ def run_method(name: str, gan: GAN, omega, train_images, hp: BaseModel, **kwargs
     return METHODS[name][1](name, gan, omega, train_images, hp, **kwargs)
 
 
-__all__ = ["METHODS", "GAN", "Callbacks", "MethodResult", "choose_method", "hyperparameters", "run_method"]
+__all__ = ["METHODS", "DATA_FREE_METHODS", "GAN", "Callbacks", "MethodResult", "choose_method", "hyperparameters", "run_method"]

@@ -95,9 +95,13 @@ def train_adversarial(
     callbacks: Callbacks | None = None,
     before_epoch: EpochHook | None = None,
     after_epoch: EpochHook | None = None,
+    generator_penalty: Callable[[nn.Module], torch.Tensor] | None = None,
     device: torch.device | None = None,
 ) -> tuple[GAN, list[dict[str, Any]], dict[str, Any]]:
     """Train (G, D) in place on eq. 3; return (GAN with the averaged G, history, stats).
+
+    ``generator_penalty(G)`` (optional) is added to every generator step's loss: the EWC
+    term and the repulsion of Adapt-then-Unlearn live there.
 
     before_epoch(epoch, G) runs before each epoch (Alg. 2/3 grow the pool there);
     after_epoch(epoch, G_returned) may measure the model; whatever dicts they return go
@@ -145,7 +149,7 @@ def train_adversarial(
         g.train()
         d.train()
         order = torch.randperm(len(real), generator=rng)
-        d_loss = g_loss = math.nan
+        d_loss = g_loss = penalty_value = math.nan
         for i in range(batches_per_epoch):
             callbacks.check_cancelled()
             x_real = real[order[i * b : (i + 1) * b]]
@@ -161,6 +165,10 @@ def train_adversarial(
             for _ in range(settings.g_steps):
                 z = torch.randn(b, g.latent_dim, generator=rng).to(device)
                 loss = generator_loss(log_probs(g(z)))
+                if generator_penalty is not None:
+                    penalty = generator_penalty(g)
+                    penalty_value = penalty.item()
+                    loss = loss + penalty
                 opt_g.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_g.step()
@@ -173,6 +181,8 @@ def train_adversarial(
                 steps["iterations"] / total, {"epoch": epoch + 1, "epochs": settings.epochs}
             )
         record.update({"d_loss": d_loss, "g_loss": g_loss, "pool": len(pool)})
+        if generator_penalty is not None:
+            record["penalty"] = penalty_value
         stop = False
         if after_epoch:
             measured = after_epoch(epoch, returned_generator()) or {}

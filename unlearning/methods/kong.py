@@ -14,7 +14,6 @@ classifier guides D. Real batches are always the training samples outside Omega.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,11 +24,8 @@ from unlearning.errors import SpecError
 from unlearning.methods.adversarial import AdversarialSettings, NegativePool, train_adversarial
 from unlearning.methods.base import GAN, Callbacks, MethodResult
 from unlearning.methods.losses import SoftGuide
-from unlearning.metrics import Invalidity, evaluate
+from unlearning.methods.selection import BestEpoch, QualityProbe, epoch_monitor
 from unlearning.spec.checks import RedactionSet
-
-QualityProbe = Callable[[nn.Module], dict[str, Any]]
-
 
 class KongHyperparameters(AdversarialSettings):
     """App. D/E defaults (MNIST): a+ 0.95, a- 0.05, lam 0.85, T 1000, 8 epochs, K_D = K_G = 1.
@@ -125,19 +121,9 @@ def redact(
         queries["validity_queries"] += hp.samples_per_round
         return {"round_invalid": len(invalid) / hp.samples_per_round}
 
-    best = _BestEpoch(hp)
-
-    def monitor(epoch: int, generator: nn.Module) -> dict[str, Any]:
-        record: dict[str, Any] = {}
-        if hp.monitor_samples and omega.has_judge:
-            measured = evaluate(
-                generator, hp.monitor_samples, {"inv": Invalidity(omega.in_omega)}, seed=hp.seed + 7, device=device
-            )
-            record["invalidity"] = measured["inv"]["invalidity"]
-        if quality:
-            record.update(quality(generator))
-        record["stop"] = best.offer(epoch + 1, generator, record)
-        return record
+    best = BestEpoch(hp.target_invalidity, hp.patience)
+    monitor = epoch_monitor(omega, best, monitor_samples=hp.monitor_samples, seed=hp.seed + 7,
+                            quality=quality, device=device)
 
     callbacks = callbacks or Callbacks()
     result, history, stats = train_adversarial(
@@ -149,25 +135,3 @@ def redact(
         stats["selected_epoch"] = best.epoch
     stats.update(queries, retained=len(retained), omega_train=len(omega_train), pool=len(pool))
     return MethodResult(result, history, stats)
-
-
-class _BestEpoch:
-    """Checkpoint selection: the lowest ``fid`` among epochs at or under the invalidity
-    target; before any epoch meets it, the lowest invalidity so far."""
-
-    def __init__(self, hp: KongHyperparameters):
-        self.hp = hp
-        self.key: tuple[float, float] | None = None
-        self.state: dict[str, torch.Tensor] | None = None
-        self.epoch = 0
-
-    def offer(self, epoch: int, generator: nn.Module, record: dict[str, Any]) -> bool:
-        """Keep this epoch if it is the best so far; return True when training may stop."""
-        invalidity = record.get("invalidity", 0.0)
-        met = invalidity <= self.hp.target_invalidity
-        key = (0.0, record.get("fid", -epoch)) if met else (1.0, invalidity)
-        if self.key is None or key < self.key:
-            self.key, self.epoch = key, epoch
-            self.state = {k: v.detach().clone() for k, v in generator.state_dict().items()}
-        target_held = self.key[0] == 0.0
-        return bool(self.hp.patience and target_held and epoch - self.epoch >= self.hp.patience)

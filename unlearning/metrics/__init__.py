@@ -1,7 +1,8 @@
 """Metrics: invalidity, Inception Score, FID (on a named feature extractor), class shares
-and the redaction score, all with one streaming shape (``update`` / ``compute`` /
+the redaction score and the worst-case latent attack, all with one streaming shape (``update`` / ``compute`` /
 ``reset``) and fed by one sample-generation loop (``evaluate``)."""
 
+from unlearning.metrics.attack import AttackSettings, latent_attack
 from unlearning.metrics.base import StreamingMetric
 from unlearning.metrics.class_balance import ClassShares, min_share_ratio
 from unlearning.metrics.extractors import InceptionExtractor, classifier_extractor
@@ -13,6 +14,7 @@ from unlearning.metrics.redaction_score import redaction_score
 from unlearning.metrics.sampling import evaluate, generated_batches
 
 __all__ = [
+    "AttackSettings", "latent_attack",
     "StreamingMetric", "ClassShares", "min_share_ratio", "InceptionExtractor", "classifier_extractor",
     "FID", "Filtered", "FeatureStats", "frechet_distance", "reference_stats", "InceptionScore",
     "inception_score_from_log_probs", "Invalidity", "redaction_score", "evaluate", "generated_batches",

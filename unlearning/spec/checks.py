@@ -260,6 +260,38 @@ def _rule_check(rule: Rule, get: Callable[[str], nn.Module]) -> Callable[[Tensor
     raise SpecError(f"unknown rule {rule!r}")
 
 
+Margin = Callable[[Tensor], Tensor]
+
+
+def _rule_score(rule: Rule, get: Callable[[str], nn.Module]) -> Margin | None:
+    """A differentiable margin for the attack check: > 0 roughly where the rule says invalid.
+    None when the rule has no gradient (plugins, unions containing one)."""
+    if isinstance(rule, ClassifierLabelRule):
+        module = get(rule.classifier)
+
+        def label_margin(x: Tensor) -> Tensor:  # best forgotten logit over best kept logit
+            logits = _run_eval(module, x)
+            forgotten = torch.zeros(logits.shape[1], dtype=torch.bool, device=x.device)
+            forgotten[torch.tensor(rule.labels, device=x.device)] = True
+            neg_inf = torch.finfo(logits.dtype).min
+            return logits.masked_fill(~forgotten, neg_inf).amax(1) - logits.masked_fill(forgotten, neg_inf).amax(1)
+
+        return label_margin
+    if isinstance(rule, ClassifierScoreRule):
+        module = get(rule.classifier)
+        return lambda x: rule.tau - soft_score(rule.score, _run_eval(module, x))
+    if isinstance(rule, BoundaryRule):
+        return lambda x: _boundary_sum(x, rule.margin) - rule.max_sum
+    if isinstance(rule, (AnyOfRule, AllOfRule)):
+        subs = [_rule_score(r, get) for r in rule.rules]
+        if any(sub is None for sub in subs):
+            return None
+        if isinstance(rule, AnyOfRule):
+            return lambda x: torch.stack([sub(x) for sub in subs]).amax(0)
+        return lambda x: torch.stack([sub(x) for sub in subs]).amin(0)
+    return None
+
+
 def _where(where: str | None, exc: LetheError) -> LetheError:
     return type(exc)(f"{where}: {exc}") if where else exc
 
@@ -287,6 +319,10 @@ class SoftClassifier:
     def in_omega(self, x: Tensor) -> Tensor:
         with torch.no_grad():
             return self.f(x) < self.tau
+
+    def margin(self, x: Tensor) -> Tensor:
+        """Differentiable; > 0 inside Omega_k."""
+        return self.tau - self.f(x)
 
 
 def _soft_classifier(s: ClassifierSet, get: Callable[[str], nn.Module], name: str) -> SoftClassifier:
@@ -343,6 +379,12 @@ class NearestNeighbourJudge:
             self._on[device] = (self.reference.to(device), self.is_negative.to(device))
         return self._on[device]
 
+    def margin(self, x: Tensor) -> Tensor:
+        """Differentiable; > 0 when the nearest negative is nearer than the nearest retained image."""
+        reference, is_negative = self._reference_on(x.device)
+        distances = torch.cdist(self._embed(x).to(x.device), reference)
+        return distances[:, ~is_negative].amin(1) - distances[:, is_negative].amin(1)
+
     def __call__(self, x: Tensor) -> Tensor:
         with torch.no_grad():
             reference, is_negative = self._reference_on(x.device)
@@ -392,12 +434,28 @@ class RedactionSet:
     soft_classifiers: list[SoftClassifier] = field(default_factory=list)
     feedback: list[FeedbackSet] = field(default_factory=list)
     judge: NearestNeighbourJudge | None = None
+    rule_margins: list[Margin] = field(default_factory=list)
+    ungradable: list[str] = field(default_factory=list)
 
     @property
     def has_judge(self) -> bool:
         """Whether :meth:`in_omega` can judge generated samples: a validity or classifier set,
         or a nearest-neighbour judge installed by :meth:`with_reference`."""
         return bool(self.validity_checks or self.soft_classifiers or self.judge is not None)
+
+    @property
+    def margins(self) -> list[Margin]:
+        """Differentiable margins (> 0 ~ in Omega) of every check that has one."""
+        soft = [c.margin for c in self.soft_classifiers]
+        return self.rule_margins + soft + ([self.judge.margin] if self.judge is not None else [])
+
+    def attack_margin(self, x: Tensor) -> Tensor:
+        """The union's differentiable margin: the largest over the checks that have one. The
+        worst-case (latent attack) check climbs it."""
+        margins = self.margins
+        if not margins:
+            raise SpecError("no check of this forget specification is differentiable")
+        return torch.stack([m(x) for m in margins]).amax(0)
 
     @property
     def guide_soft_classifiers(self) -> list[SoftClassifier]:
@@ -503,13 +561,20 @@ def build_redaction_set(
     checks: list[Callable[[Tensor], Tensor]] = []
     softs: list[SoftClassifier] = []
     feedback: list[FeedbackSet] = []
+    margins: list[Margin] = []
+    ungradable: list[str] = []
     for i, s in enumerate(spec.sets):
         where = f"sets[{i}]"
         if isinstance(s, ValiditySet):
             try:
                 checks.append(ValidityCheck(name=f"{where}:{s.rule.type}", fn=_rule_check(s.rule, get)))
+                margin = _rule_score(s.rule, get)
             except (SpecError, NotFoundError) as exc:
                 raise _where(f"{where}.rule", exc) from exc
+            if margin is None:
+                ungradable.append(f"{where}:{s.rule.type}")
+            else:
+                margins.append(margin)
         elif isinstance(s, ClassifierSet):
             try:
                 softs.append(_soft_classifier(s, get, f"{where}:{s.classifier}/{s.score.type}"))
@@ -522,4 +587,6 @@ def build_redaction_set(
         validity_checks=checks,
         soft_classifiers=softs,
         feedback=feedback,
+        rule_margins=margins,
+        ungradable=ungradable,
     )

@@ -84,6 +84,7 @@ METHODS: tuple[str, ...] = (
     "kong-validity",
     "kong-classifier",
     "adapt-then-unlearn",
+    "param-extrapolation",
     "feedback",
     "i2i-encoder",
 )
@@ -93,6 +94,7 @@ Method = Literal[
     "kong-validity",
     "kong-classifier",
     "adapt-then-unlearn",
+    "param-extrapolation",
     "feedback",
     "i2i-encoder",
 ]
