@@ -89,13 +89,14 @@ class OnlineMonitor:
             except Exception:
                 log.exception("online monitor failed on a batch from %s", version)
 
-    def _watched_specs(self) -> list[tuple[dict, str | None]]:
-        specs: list[tuple[dict, str | None]] = []
+    def _watched_specs(self) -> list[tuple[dict, str | None, str | None]]:
+        """(spec, uploads folder, parent version: the one any marks were made on)."""
+        specs: list[tuple[dict, str | None, str | None]] = []
         for job in self.store.list(limit=50, states=["queued", "running", "validating", "promoted"]):
-            specs.append((job.spec, job.uploads_dir))
+            specs.append((job.spec, job.uploads_dir, job.parent))
         for manifest in self.registry.list_versions(self.model):
             if manifest.status == "promoted" and manifest.spec:
-                specs.append((manifest.spec, None))
+                specs.append((manifest.spec, None, manifest.parent))
         return specs
 
     def _refresh(self) -> None:
@@ -104,8 +105,8 @@ class OnlineMonitor:
         from unlearning.spec import load_spec
 
         self._refreshed = time.monotonic()
-        for spec_doc, uploads in self._watched_specs():
-            key = hashlib.sha256(json.dumps(spec_doc, sort_keys=True).encode()).hexdigest()
+        for spec_doc, uploads, parent in self._watched_specs():
+            key = hashlib.sha256(json.dumps([spec_doc, parent], sort_keys=True).encode()).hexdigest()
             if key in self._checks or key in self._broken:
                 continue
             try:
@@ -115,7 +116,8 @@ class OnlineMonitor:
                     active = self.registry.active(self.model)
                     self._domain = load_domain(self.registry, self.registry.get(active), device=torch.device("cpu"))
                 spec = load_spec(spec_doc)
-                omega = prepare_redaction_set(spec, self.registry, self._domain, Path(uploads) if uploads else None)
+                omega = prepare_redaction_set(spec, self.registry, self._domain, Path(uploads) if uploads else None,
+                                              marks_from=parent)
                 if not omega.has_judge:
                     raise ValueError("the spec has no check that can judge generated samples")
                 self._checks[key] = (spec.name, omega)

@@ -105,9 +105,9 @@ CASES = {
                               "seed": 7, "n": 64, "indices": [3, 9]}}]),
                               {}, None, SpecError, ["feedback", "kong-validity", "adapt-then-unlearn"]),
     "method-i2i": (spec(method="i2i-encoder"), {}, None, SpecError, ["'i2i-encoder'", "not available"]),
-    "attack-gate-without-judge": (spec(method="adapt-then-unlearn", gates={"max_attack_invalidity": 0.01},
-                                       sets=[{"kind": "feedback", "marked": {"seed": 7, "n": 64, "indices": [3, 9]}}]),
-                                  {}, None, SpecError, ["gates.max_attack_invalidity", "feedback marks cannot judge"]),
+    "feedback-all-marked": (spec(method="adapt-then-unlearn",
+                                 sets=[{"kind": "feedback", "marked": {"seed": 7, "n": 3, "indices": [0, 1, 2]}}]),
+                            {}, None, SpecError, ["feedback sets", "both marked and unmarked"]),
 }
 
 

@@ -187,3 +187,34 @@ def test_kill_the_job_worker_mid_training(server, promoted):
     assert versions(server) == known
     new_pid = server.job_worker_pid()
     assert new_pid and new_pid != pid  # the worker came back
+
+
+def test_adapt_then_unlearn_from_a_persons_marks(server, promoted, classifier):
+    """Adapt-then-Unlearn through the admin API with no classifier in the spec: a person
+    marks the zeros among 4 x 1024 served samples (simulated by the digit classifier, which
+    the job never sees); the job regenerates those latents, learns from the marks alone
+    (its gates judge by nearest marked / unmarked sample), is promoted and hot-swapped in."""
+    base = promoted["base"]
+    assert server.activate(base).status_code == 200  # the marks are made on the base's samples
+    server.wait_serving(base, timeout=5)
+    sets = []
+    for seed in range(101, 105):
+        version, images, _ = server.images(1024, seed=seed)
+        assert version == base
+        with torch.no_grad():
+            zeros = (classifier(images).argmax(1) == 0).nonzero().flatten().tolist()
+        sets.append({"kind": "feedback", "marked": {"seed": seed, "n": 1024, "indices": zeros}})
+    spec = {"name": "marked-zeros", "method": "adapt-then-unlearn", "sets": sets,
+            "gates": {"max_invalidity": 0.01, "eval_samples": 5000}}
+    reply = server.client.post(f"/admin/redactions?from={base}", content=__import__("json").dumps(spec),
+                               headers={**server.auth, "Content-Type": "application/json"})
+    assert reply.status_code == 202, reply.text
+    job = server.wait_job(reply.json()["job_id"])
+    assert job["state"] == "promoted", (job["reason"], server.log()[-3000:])
+    server.wait_serving(job["version"], timeout=5)
+
+    _, before, _ = server.images(1000, seed=12, version=base)
+    version, after, _ = server.images(1000, seed=12)
+    assert version == job["version"]
+    share_before, share_after = zero_share(classifier, before), zero_share(classifier, after)
+    assert share_before > 0.05 and share_after < share_before / 5, (share_before, share_after)

@@ -88,7 +88,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.spec:
         spec_path = Path(args.spec)
         uploads = Path(args.uploads) if args.uploads else spec_path.resolve().parent
-        omega = prepare_redaction_set(load_spec(spec_path), registry, domain, uploads)
+        # marks in a spec were made on the samples of the version's parent
+        omega = prepare_redaction_set(load_spec(spec_path), registry, domain, uploads,
+                                      marks_from=manifest.parent or manifest.version)
     generator = registry.load_generator(args.version).to(device)
     result = judge(generator, domain, n=args.samples, seed=args.seed, omega=omega, filtered=omega is not None)
     result["version"] = args.version

@@ -25,6 +25,7 @@ from unlearning.export import check_onnx_parity, export_generator_onnx
 from unlearning.methods import (
     DATA_FREE_METHODS, GAN, Callbacks, MethodResult, choose_method, hyperparameters, run_method,
 )
+from unlearning.marks import regenerate_marked
 from unlearning.metrics import FID, evaluate, latent_attack, min_share_ratio, redaction_score
 from unlearning.models.io import save_model
 from unlearning.registry import Registry, VersionManifest, onnx_classifier_module
@@ -80,10 +81,12 @@ def resolve_parent(registry: Registry, parent: str | None, model: str = DEFAULT_
 
 
 def prepare_redaction_set(
-    spec: ForgetSpec, registry: Registry, domain: Domain, uploads_dir: Path | None
+    spec: ForgetSpec, registry: Registry, domain: Domain, uploads_dir: Path | None, marks_from: str | None = None,
 ) -> RedactionSet:
     """Load uploads (checked against the model's image shape) and classifiers; build Omega.
-    Data-only specs get the nearest-neighbour judge in the classifier's feature space."""
+    Data-only specs get the nearest-neighbour judge in the classifier's feature space;
+    marks-only specs get one over the samples regenerated from ``marks_from`` (the version
+    the person sampled), without which they cannot judge new images."""
     negatives = {}
     for name in referenced_files(spec):
         if uploads_dir is None:
@@ -109,6 +112,10 @@ def prepare_redaction_set(
     if not omega.has_judge and omega.negatives is not None:
         retained, _ = omega.training_split(domain.train.images)
         omega = omega.with_reference(retained, embed=domain.extractor)
+    if not omega.has_judge and omega.feedback and marks_from is not None:
+        generator = registry.load_generator(marks_from).to(domain.device)
+        marked, unmarked = regenerate_marked(generator, omega.feedback, domain.device)
+        omega = omega.with_marks(marked, unmarked, embed=domain.extractor)
     return omega
 
 
@@ -128,7 +135,7 @@ def preflight(
     method = choose_method(spec)
     parent_manifest = resolve_parent(registry, parent)
     domain = load_domain(registry, parent_manifest, device=device or torch.device("cpu"))
-    omega = prepare_redaction_set(spec, registry, domain, uploads_dir)
+    omega = prepare_redaction_set(spec, registry, domain, uploads_dir, marks_from=parent_manifest.version)
     _require_judge_for_attack_gate(spec, omega)
     generator = registry.load_generator(parent_manifest.version).to(domain.device).eval()
     with torch.no_grad():
@@ -235,7 +242,7 @@ def run_redaction(
     method = choose_method(spec)
     parent_manifest = resolve_parent(registry, parent)
     domain = load_domain(registry, parent_manifest, device=device, inception_weights=inception_weights)
-    omega = prepare_redaction_set(spec, registry, domain, uploads_dir)
+    omega = prepare_redaction_set(spec, registry, domain, uploads_dir, marks_from=parent_manifest.version)
     _require_judge_for_attack_gate(spec, omega)
     # Select epochs at half the gate's limit: the monitor's 2,000 samples are noisy, and an
     # epoch chosen right at the limit fails the gate's fresh samples by chance.

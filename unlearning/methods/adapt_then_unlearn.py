@@ -31,6 +31,7 @@ from unlearning.errors import SpecError
 from unlearning.methods.adversarial import AdversarialSettings, train_adversarial
 from unlearning.methods.base import GAN, Callbacks, MethodResult
 from unlearning.methods.selection import BestEpoch, QualityProbe, epoch_monitor
+from unlearning.marks import regenerate_marked
 from unlearning.runtime import latents
 from unlearning.spec.checks import RedactionSet
 
@@ -78,15 +79,7 @@ def split_generated(
     on ``generated_samples`` fresh samples of the parent."""
     generator.eval()
     if omega.feedback:
-        negatives, positives = [], []
-        for marks in omega.feedback:
-            z = latents(marks.marked.n, generator.latent_dim, marks.marked.seed).to(device)
-            images = generator(z)
-            marked = torch.zeros(len(images), dtype=torch.bool, device=device)
-            marked[torch.tensor(marks.marked.indices, device=device)] = True
-            negatives.append(images[marked])
-            positives.append(images[~marked])
-        return torch.cat(negatives), torch.cat(positives)
+        return regenerate_marked(generator, omega.feedback, device)
     if not omega.has_judge:
         raise SpecError("adapt-then-unlearn needs a validity, classifier or feedback set to split generated samples")
     images = []

@@ -436,6 +436,7 @@ class RedactionSet:
     judge: NearestNeighbourJudge | None = None
     rule_margins: list[Margin] = field(default_factory=list)
     ungradable: list[str] = field(default_factory=list)
+    judge_splits_training: bool = False
 
     @property
     def has_judge(self) -> bool:
@@ -474,6 +475,17 @@ class RedactionSet:
             raise SpecError("a nearest-neighbour judge needs uploaded negatives (a data set)")
         return replace(self, judge=NearestNeighbourJudge(self.negatives, retained, embed))
 
+    def with_marks(
+        self, marked: Tensor, unmarked: Tensor, embed: Callable[[Tensor], Tensor] | None = None
+    ) -> RedactionSet:
+        """A copy judged by a person's marks: x is in Omega when its nearest neighbour among
+        the regenerated samples (``embed`` space) is a marked one. The marks are then the only
+        description of what to forget, so the judge also splits the training data (the FID
+        reference and the forgotten classes follow from it)."""
+        if len(marked) == 0 or len(unmarked) == 0:
+            raise SpecError("feedback sets: the marks must leave both marked and unmarked samples")
+        return replace(self, judge=NearestNeighbourJudge(marked, unmarked, embed), judge_splits_training=True)
+
     def _rule_mask(self, x: Tensor) -> Tensor:
         """Validity and classifier sets only (no nearest-neighbour judge)."""
         mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -498,11 +510,14 @@ class RedactionSet:
         return mask
 
     def omega_mask(self, images: Tensor) -> Tensor:
-        """(N,) bool over training images: in Omega by a validity/classifier set, or equal
-        (max abs difference < 1/255 in [0, 1] units) to an uploaded negative."""
+        """(N,) bool over training images: in Omega by a validity/classifier set, by the
+        marks judge (:meth:`with_marks`), or equal (max abs difference < 1/255 in [0, 1]
+        units) to an uploaded negative."""
         out = []
         for chunk in images.split(_CHUNK):
             mask = self._rule_mask(chunk)
+            if self.judge_splits_training and self.judge is not None:
+                mask |= self.judge(chunk).to(chunk.device)
             if self.negatives is not None and len(self.negatives):
                 if chunk.shape[1:] != self.negatives.shape[1:]:
                     raise InputDataError(
