@@ -100,7 +100,7 @@ CASES = {
                              ["'digits-v99'", "not found", BASE]),
     "corrupted-parent": (spec(), {}, _corrupt, IntegrityError,
                          [f"{BASE}/generator.safetensors", "checksum"]),
-    "method-feedback": (spec(method="feedback"), {}, None, SpecError, ["'feedback'", "not available"]),
+    "feedback-without-marks": (spec(method="feedback"), {}, None, SpecError, ["'feedback'", "needs a 'feedback' set"]),
     "feedback-set-for-kong": (spec(method="kong-validity", sets=[{"kind": "feedback", "marked": {
                               "seed": 7, "n": 64, "indices": [3, 9]}}]),
                               {}, None, SpecError, ["feedback", "kong-validity", "adapt-then-unlearn"]),

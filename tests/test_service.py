@@ -218,3 +218,32 @@ def test_adapt_then_unlearn_from_a_persons_marks(server, promoted, classifier):
     assert version == job["version"]
     share_before, share_after = zero_share(classifier, before), zero_share(classifier, after)
     assert share_before > 0.05 and share_after < share_before / 5, (share_before, share_after)
+
+
+def test_feedback_unlearning_over_http(server, promoted):
+    """Moon et al. through the admin API: marks on served samples that lean left (top 10 %
+    by a pixel measure the job never sees); promoted, hot-swapped, the share falls >= 5x."""
+    from unlearning.metrics.features import slant
+
+    base = promoted["base"]
+    assert server.activate(base).status_code == 200
+    server.wait_serving(base, timeout=5)
+    _, reference, _ = server.images(1024, seed=99)
+    threshold = float(slant(reference).quantile(0.9))
+    _, sampled, _ = server.images(1024, seed=31)
+    marks = {"seed": 31, "n": 1024, "indices": (slant(sampled) >= threshold).nonzero().flatten().tolist()}
+    spec = {"name": "lean-left", "method": "feedback", "sets": [{"kind": "feedback", "marked": marks}],
+            "gates": {"max_invalidity": 0.05, "eval_samples": 5000}}
+    reply = server.client.post(f"/admin/redactions?from={base}", content=__import__("json").dumps(spec),
+                               headers={**server.auth, "Content-Type": "application/json"})
+    assert reply.status_code == 202, reply.text
+    job = server.wait_job(reply.json()["job_id"])
+    assert job["state"] == "promoted", (job["reason"], server.log()[-3000:])
+    server.wait_serving(job["version"], timeout=5)
+
+    _, before, _ = server.images(1000, seed=12, version=base)
+    version, after, _ = server.images(1000, seed=12)
+    assert version == job["version"]
+    share_before = float((slant(before) >= threshold).float().mean())
+    share_after = float((slant(after) >= threshold).float().mean())
+    assert share_before > 0.05 and share_after <= share_before / 5, (share_before, share_after)

@@ -10,6 +10,18 @@ from unlearning.runtime import latents
 from unlearning.spec.schema import FeedbackSet
 
 
+def marked_latents(feedback: list[FeedbackSet], latent_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latents of the marked samples, latents of the unmarked ones) over every feedback set."""
+    marked, unmarked = [], []
+    for s in feedback:
+        z = latents(s.marked.n, latent_dim, s.marked.seed)
+        mask = torch.zeros(len(z), dtype=torch.bool)
+        mask[torch.tensor(s.marked.indices)] = True
+        marked.append(z[mask])
+        unmarked.append(z[~mask])
+    return torch.cat(marked), torch.cat(unmarked)
+
+
 @torch.no_grad()
 def regenerate_marked(
     generator: nn.Module, feedback: list[FeedbackSet], device: torch.device | None = None
@@ -18,14 +30,8 @@ def regenerate_marked(
     device = device or next(generator.parameters()).device
     was_training = generator.training
     generator.eval()
-    marked, unmarked = [], []
+    marked, unmarked = marked_latents(feedback, generator.latent_dim)
     try:
-        for s in feedback:
-            images = generator(latents(s.marked.n, generator.latent_dim, s.marked.seed).to(device))
-            mask = torch.zeros(len(images), dtype=torch.bool, device=device)
-            mask[torch.tensor(s.marked.indices, device=device)] = True
-            marked.append(images[mask])
-            unmarked.append(images[~mask])
+        return generator(marked.to(device)), generator(unmarked.to(device))
     finally:
         generator.train(was_training)
-    return torch.cat(marked), torch.cat(unmarked)

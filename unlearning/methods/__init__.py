@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from unlearning.errors import SpecError
-from unlearning.methods import adapt_then_unlearn, kong
+from unlearning.methods import adapt_then_unlearn, feedback, kong
 from unlearning.methods.base import GAN, Callbacks, MethodResult
 from unlearning.spec.schema import ForgetSpec
 
@@ -28,10 +28,11 @@ METHODS: dict[str, tuple[type[BaseModel], Callable[..., MethodResult]]] = {
     **{name: (kong.KongHyperparameters, kong.redact) for name in kong.VARIANTS},
     **{name: (adapt_then_unlearn.AdaptThenUnlearnHyperparameters, adapt_then_unlearn.redact)
        for name in adapt_then_unlearn.VARIANTS},
+    "feedback": (feedback.FeedbackHyperparameters, feedback.redact),
 }
-NOT_YET = {"feedback", "i2i-encoder"}
-USES_FEEDBACK_MARKS = set(adapt_then_unlearn.VARIANTS)
-DATA_FREE_METHODS = frozenset(adapt_then_unlearn.VARIANTS)  # they get no training images
+NOT_YET = {"i2i-encoder"}
+USES_FEEDBACK_MARKS = {*adapt_then_unlearn.VARIANTS, "feedback"}
+DATA_FREE_METHODS = frozenset(USES_FEEDBACK_MARKS)  # they get no training images
 
 
 def choose_method(spec: ForgetSpec) -> str:
@@ -51,7 +52,9 @@ def choose_method(spec: ForgetSpec) -> str:
         raise SpecError(f"method: '{name}' is not available in this version of Lethe "
                         f"(available: {', '.join(METHODS)})")
     if "feedback" in kinds and name not in USES_FEEDBACK_MARKS:
-        raise SpecError(f"sets: a 'feedback' set cannot be used by {name}; use adapt-then-unlearn")
+        raise SpecError(f"sets: a 'feedback' set cannot be used by {name}; use feedback or adapt-then-unlearn")
+    if name == "feedback" and "feedback" not in kinds:
+        raise SpecError("method: 'feedback' needs a 'feedback' set (the samples a person marked)")
     return name
 
 

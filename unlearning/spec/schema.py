@@ -354,7 +354,8 @@ class Marked(_Strict):
 
 
 class FeedbackSet(_Strict):
-    """Generated samples marked by a person (Moon et al.); reserved: the method comes later."""
+    """Generated samples marked by a person: for ``feedback`` (Moon et al.) and
+    ``adapt-then-unlearn`` (Tiwary et al.); the marks also judge new samples (nearest neighbour)."""
 
     kind: Literal["feedback"] = "feedback"
     marked: Marked
