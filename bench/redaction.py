@@ -1,32 +1,48 @@
-"""Benchmark: Kong & Chaudhuri's Table I (forget digit 0) on the embedded digits default.
+"""Benchmark: every method on the embedded digits default, side by side with the papers.
 
 One run does everything, so every ratio compares numbers measured on the same machine:
 
 1. bootstrap a fresh LETHE_HOME (the digit classifier and the base DCGAN, 200 epochs);
    the base version's manifest records the pre-training wall time and iterations;
-2. for each algorithm (Alg. 1 ``kong-data``, Alg. 2 ``kong-validity``, Alg. 3
-   ``kong-classifier``), each variant (``ours``: the library defaults; ``paper-defaults``:
-   lam 0.85, 8 epochs, no EMA, no checkpoint selection) and each seed, run the job path
-   (:func:`unlearning.jobs.run_redaction`, the one the CLI and the service use);
-3. judge every candidate, and the base, with one judge: invalidity = share of samples the
-   digit classifier calls 0; IS from the digit classifier; FID against the training
-   digits other than 0 (classifier features); all on the same ``--eval-samples`` latents
-   (``--eval-seed``, not the gates' seed). The base model filtered by the same check
-   (rejection sampling) gives the reference FID.
+2. run every row (``--methods``) for each seed through the job path
+   (:func:`unlearning.jobs.run_redaction`, the one the CLI and the service use):
 
-Wall time is reported as a ratio of the base pre-training wall time (the paper reports
+   * forget digit 0 (Kong & Chaudhuri Table I): Alg. 1 ``kong-data``, Alg. 2
+     ``kong-validity``, Alg. 3 ``kong-classifier``, each as ``ours`` (the library
+     defaults) and ``paper-defaults`` (lam 0.85, 8 epochs, no EMA, no checkpoint
+     selection); Adapt-then-Unlearn (Tiwary et al.) with each repulsion (``atu-el2``,
+     ``atu-il2``, ``atu-nl2``) and its ``param-extrapolation`` baseline, split by the
+     same "classifier says 0" rule;
+   * forget "leans left" from a person's marks (Moon et al.), ``feedback-dcgan`` on the
+     base DCGAN and ``feedback-vae`` on the active ``digits-vae`` version when the
+     registry has one (skipped otherwise). Marks are simulated from an independent pixel
+     measure the method never sees: the samples of seed 31 (n 1024) whose slant reaches
+     the parent's top decile;
+3. judge every candidate, and its parent, with the benchmark's own judge on the same
+   ``--eval-samples`` latents (``--eval-seed``, not the gates' seed): digit-0 rows by
+   invalidity = share of samples the digit classifier calls 0, with FID against the
+   training digits other than 0; feedback rows by the target ratio = share of samples
+   whose slant reaches the threshold, with FID against the training digits below it. IS
+   from the digit classifier, FID on classifier features. The parent filtered by the same
+   check (rejection sampling) gives the reference FID. PUL = 100 (parent - candidate) /
+   parent of that share (Tiwary et al. eq. 8). The worst case of the latent attack is the
+   job's own (``outcome.after["attack"]``): judged by the spec's checks (for feedback the
+   marks' nearest-neighbour judge), not by the benchmark's.
+
+Wall time is reported as a ratio of the parent's pre-training wall time (the paper reports
 redaction cost relative to pre-training): ``wall_time_ratio`` uses the training phase of
 the job (from the start of training to the start of the gates, per-epoch monitoring
 included), ``job_wall_time_ratio`` the whole job (loading, gates on ``--eval-samples``
-samples twice, ONNX export, registry). ``iteration_ratio`` is mini-batch iterations over
-pre-training's (pre-training runs K_G = 5 generator steps per iteration, redaction 1).
+samples twice, attack, ONNX export, registry). ``iteration_ratio`` is mini-batch
+iterations over pre-training's (pre-training runs K_G = 5 generator steps per iteration,
+redaction 1).
 
-Prints ONE JSON document on stdout (``--markdown``: a Markdown table instead); progress
-goes to stderr. ``--render FILE`` turns a saved JSON document into the Markdown table.
+Prints ONE JSON document on stdout (``--markdown``: Markdown tables instead); progress
+goes to stderr. ``--render FILE`` turns a saved JSON document into the Markdown tables.
 
-    .venv/bin/python bench/redaction.py --output bench-redaction.json          # full (hours on CPU)
-    .venv/bin/python bench/redaction.py --quick --eval-samples 5000            # smoke run
-    .venv/bin/python bench/redaction.py --render bench-redaction.json          # README table
+    .venv/bin/python bench/redaction.py --output bench-redaction.json          # full (many hours on CPU)
+    .venv/bin/python bench/redaction.py --quick --eval-samples 5000 --methods atu-el2,feedback-dcgan
+    .venv/bin/python bench/redaction.py --render bench-redaction.json          # README tables
 """
 
 from __future__ import annotations
@@ -36,11 +52,13 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,24 +66,67 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finite, log, write_json  # noqa: E402
 
-METHODS = ("kong-data", "kong-validity", "kong-classifier")
 PAPER_DEFAULTS = {"lam": 0.85, "epochs": 8, "ema_decay": None, "select_best": False, "patience": None}
 ZERO_RULE = {"kind": "validity", "rule": {"type": "classifier_label", "classifier": "digits", "labels": [0]}}
-SETS = {
-    "kong-data": [{"kind": "data", "files": ["zeros.npz"]}],
-    "kong-validity": [ZERO_RULE],
-    "kong-classifier": [{"kind": "classifier", "classifier": "digits",
-                         "score": {"type": "one_minus_prob", "label": 0}, "tau": 0.5}],
-}
 FORGOTTEN = 0
 EVAL_SEED = 4242  # not jobs.GATE_SEED: the benchmark judges on latents the job never saw
-MAX_INVALIDITY = 0.005
-SUMMARY_KEYS = ("invalidity", "inception_score", "fid", "fid_over_filtered_base", "min_retained_share_ratio",
+MAX_INVALIDITY = 0.005  # Kong rows: the paper's 8-epoch invalidity is ~1e-4
+ATU_MAX_INVALIDITY = 0.01  # as the Adapt-then-Unlearn tests
+FEEDBACK_MAX_INVALIDITY = 0.05  # as the feedback tests: the marks' judge is coarse
+# The marks, as tests/test_feedback.py simulates them: the threshold is the top decile of
+# the parent's slant on THRESHOLD_N samples of THRESHOLD_SEED; the person sees MARK_N
+# samples of MARK_SEED and marks those at or above it.
+MARK_SEED, MARK_N = 31, 1024
+THRESHOLD_SEED, THRESHOLD_N = 99, 10_000
+VAE_MODEL = "digits-vae"
+SKIPPED_VAE = "skipped: no digits-vae model"
+SUMMARY_KEYS = ("invalidity", "target_ratio", "pul", "inception_score", "fid", "fid_over_filtered_base",
+                "min_retained_share_ratio", "attack_worst_case", "attack_invalidity", "parent_attack_worst_case",
                 "wall_time_ratio", "job_wall_time_ratio", "iteration_ratio", "selected_epoch", "epochs_run")
 
+KONG_TABLE_I = {"kong-data": "8.0 ± 2.2e-5, IS 7.20", "kong-validity": "6.4 ± 0.8e-5, IS 7.19",
+                "kong-classifier": "5.2 ± 3.7e-5, IS 7.16"}
+ATU_PAPER = "PUL 95-99 %, FID 9-10 (pre-trained 5.4)"
 
 
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: a spec run once per seed. ``sets`` None = the simulated marks."""
 
+    name: str  # what --methods selects
+    method: str
+    variant: str
+    task: str  # "zero" (forget digit 0) or "feedback" (forget leaning left)
+    max_invalidity: float
+    paper: str  # the paper's headline, printed beside ours
+    sets: list[dict[str, Any]] | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    model: str = "digits"  # the registry model whose active version is the parent
+
+
+ROWS: tuple[Row, ...] = (
+    *(Row(m, m, "ours", "zero", MAX_INVALIDITY, f"invalidity {KONG_TABLE_I[m]}", sets) for m, sets in (
+        ("kong-data", [{"kind": "data", "files": ["zeros.npz"]}]),
+        ("kong-validity", [ZERO_RULE]),
+        ("kong-classifier", [{"kind": "classifier", "classifier": "digits",
+                              "score": {"type": "one_minus_prob", "label": 0}, "tau": 0.5}]))),
+    *(Row(f"atu-{r}", "adapt-then-unlearn", f"{r.upper()} repulsion", "zero", ATU_MAX_INVALIDITY, ATU_PAPER,
+          [ZERO_RULE], {"repulsion": r}) for r in ("el2", "il2", "nl2")),
+    Row("param-extrapolation", "param-extrapolation", "ours", "zero", ATU_MAX_INVALIDITY,
+        "PUL 91-95 %, FID 18-46 (Table 1, digits 1/4/8)", [ZERO_RULE]),
+    # the DCGAN's latent direction separates the feature weakly: boundary 0 (feedback.py)
+    Row("feedback-dcgan", "feedback", "DCGAN, marks, boundary 0", "feedback", FEEDBACK_MAX_INVALIDITY,
+        "thickness ratio 0.091 → 0.0135, FID 2.3 → 3.4", hyperparameters={"boundary": 0.0}),
+    Row("feedback-vae", "feedback", "VAE, marks", "feedback", FEEDBACK_MAX_INVALIDITY,
+        "thickness ratio 0.0947 → 0.0097, FID 23.4 → 23.7", model=VAE_MODEL),
+)
+ROW_NAMES = tuple(dict.fromkeys(r.name for r in ROWS))
+# Kong's Table I settings, as a second variant of each Kong row (not with --quick)
+PAPER_ROWS = tuple(Row(r.name, r.method, "paper-defaults", r.task, r.max_invalidity, r.paper, r.sets,
+                       PAPER_DEFAULTS) for r in ROWS if r.method.startswith("kong-"))
+MEASURES = {"zero": "invalidity", "feedback": "target_ratio"}
+BASE_PAPER = {("zero", "digits"): "invalidity 1.1e-1, IS 7.82", ("feedback", "digits"): "thickness ratio 0.091, FID 2.3",
+              ("feedback", VAE_MODEL): "thickness ratio 0.0947, FID 23.4"}
 
 
 def mean_se(values: list[Any]) -> dict[str, Any]:
@@ -80,6 +141,15 @@ def mean_se(values: list[Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- running
 
 
+def row_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROW_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown row(s) {', '.join(unknown) or '(none)'}; "
+                                         f"known: {', '.join(ROW_NAMES)}")
+    return names
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,7 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="samples for the gates and for the benchmark's own judge (default 10000)")
     parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="latent seed of the benchmark's judge")
     parser.add_argument("--quick", action="store_true", help="2 seeds, no paper-default rows (smoke run)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", type=row_names, default=list(ROW_NAMES), metavar="ROW,ROW",
+                        help=f"comma-separated rows to run (default all: {','.join(ROW_NAMES)})")
     parser.add_argument("--home", type=Path, default=None,
                         help="LETHE_HOME to bootstrap and use (default: a temporary folder, removed afterwards); "
                              "an already bootstrapped home is reused and its recorded pre-training time is used")
@@ -97,9 +168,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--device", default=None, help="torch device (default: unlearning.runtime.pick_device)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON document to this file")
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table instead of JSON")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables instead of JSON")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
-                        help="print the Markdown table of a saved JSON document and exit (runs nothing)")
+                        help="print the Markdown tables of a saved JSON document and exit (runs nothing)")
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = 2 if args.quick else 5
@@ -121,34 +192,112 @@ def machine(device: Any, threads: int) -> dict[str, Any]:
     return info
 
 
-def base_judgement(registry, base, device, n: int, seed: int) -> dict[str, Any]:
-    """The benchmark's judge (domain, Omega = 'classifier says 0', reference = training
-    digits other than 0) and the base model's numbers, filtered FID included."""
-    from unlearning.evaluation import judge, load_domain
+def pretraining_record(manifest) -> dict[str, Any] | None:
+    """The parent's recorded pre-training (the wall-time ratios' denominator), if it has one."""
+    recorded = manifest.metrics.get("pretraining")
+    if not recorded or not recorded.get("wall_time_s"):
+        return None
+    return {"wall_time_s": recorded["wall_time_s"], "iterations": recorded.get("iterations"),
+            "epochs": recorded.get("epochs"), "d_steps": recorded.get("d_steps"), "g_steps": recorded.get("g_steps"),
+            "device": recorded.get("device"), "version": manifest.version}
+
+
+@dataclass
+class Target:
+    """What rows of one task on one parent are judged with: the benchmark's own check, the
+    FID reference (and what it is), and the parent's numbers on the judge's latents."""
+
+    task: str
+    parent: Any  # VersionManifest
+    pretraining: dict[str, Any] | None
+    domain: Any  # unlearning.evaluation.Domain
+    omega: Any  # RedactionSet: the judge's check
+    reference: Any  # FeatureStats
+    reference_name: str
+    excluded: set[int]  # classes the class-balance ratio leaves out
+    before: dict[str, Any]
+    sets: list[dict[str, Any]] | None = None  # the simulated marks (feedback)
+    threshold: float | None = None
+
+    def judge(self, generator, n: int, seed: int, filtered: bool = False) -> dict[str, Any]:
+        from unlearning.evaluation import judge
+
+        return judge(generator, self.domain, n=n, seed=seed, omega=self.omega, reference=self.reference,
+                     filtered=filtered)
+
+
+def zero_target(registry, base, pretraining: dict[str, Any] | None, device, n: int, seed: int) -> Target:
+    """Omega = 'classifier says 0', reference = training digits other than 0."""
+    from unlearning.evaluation import load_domain
     from unlearning.jobs import prepare_redaction_set
     from unlearning.spec import load_spec
 
     domain = load_domain(registry, base, device=device)
     zeros = prepare_redaction_set(load_spec({"name": "bench-judge", "sets": [ZERO_RULE]}), registry, domain, None)
     reference = domain.reference(domain.train.images[domain.train.labels != FORGOTTEN])
-    generator = registry.load_generator(base.version).to(device)
-    before = judge(generator, domain, n=n, seed=seed, omega=zeros, reference=reference, filtered=True)
-    return {"domain": domain, "zeros": zeros, "reference": reference, "before": before}
+    target = Target("zero", base, pretraining, domain, zeros, reference, f"training digits other than {FORGOTTEN}",
+                    {FORGOTTEN}, {})
+    target.before = target.judge(registry.load_generator(base.version).to(device), n, seed, filtered=True)
+    return target
 
 
-def one_run(method: str, variant: str, seed: int, *, registry, base, uploads: Path, judged: dict[str, Any],
-            pretraining: dict[str, Any], args: argparse.Namespace, device) -> dict[str, Any]:
-    from unlearning.evaluation import judge
+def slant_threshold(generator, device) -> float:
+    """The top decile of the generator's slant: what 'leans left' means for its marks."""
+    import torch
+
+    from unlearning.metrics.features import slant
+    from unlearning.runtime import latents
+
+    with torch.no_grad():
+        z = latents(THRESHOLD_N, generator.latent_dim, THRESHOLD_SEED).to(device)
+        return float(slant(generator.eval()(z)).quantile(0.9))
+
+
+def simulated_marks(generator, threshold: float, device) -> dict[str, Any]:
+    """A person's marks on the MARK_N samples of MARK_SEED: those whose slant reaches ``threshold``."""
+    import torch
+
+    from unlearning.metrics.features import slant
+    from unlearning.runtime import latents
+
+    with torch.no_grad():
+        images = generator.eval()(latents(MARK_N, generator.latent_dim, MARK_SEED).to(device))
+    indices = (slant(images) >= threshold).nonzero().flatten().tolist()
+    return {"kind": "feedback", "marked": {"seed": MARK_SEED, "n": MARK_N, "indices": indices}}
+
+
+def feedback_target(registry, parent, pretraining: dict[str, Any] | None, device, n: int, seed: int) -> Target:
+    """Omega = 'slant reaches the parent's top decile' (the judge the method never sees),
+    reference = training digits below it, and the marks simulated from it."""
+    from unlearning.evaluation import load_domain
+    from unlearning.metrics.features import slant
+    from unlearning.spec.checks import RedactionSet
+
+    domain = load_domain(registry, parent, device=device)
+    generator = registry.load_generator(parent.version).to(device)
+    threshold = slant_threshold(generator, device)
+    leaning = RedactionSet(validity_checks=[lambda x: slant(x) >= threshold])
+    train = domain.train.images
+    reference = domain.reference(train[slant(train) < threshold])
+    target = Target("feedback", parent, pretraining, domain, leaning, reference,
+                    f"training digits with slant < {threshold:.3f}", set(), {},
+                    [simulated_marks(generator, threshold, device)], threshold)
+    target.before = target.judge(generator, n, seed, filtered=True)
+    return target
+
+
+def one_run(row: Row, seed: int, *, registry, target: Target, uploads: Path, args: argparse.Namespace,
+            device) -> dict[str, Any]:
     from unlearning.jobs import run_redaction
     from unlearning.methods.base import Callbacks
     from unlearning.metrics import min_share_ratio
 
-    hyper: dict[str, Any] = {"seed": seed}
-    if variant == "paper-defaults":
-        hyper.update(PAPER_DEFAULTS)
-    spec = {"name": f"bench-{method}-{variant}-s{seed}", "method": method, "sets": SETS[method],
+    hyper: dict[str, Any] = {**row.hyperparameters, "seed": seed}
+    tag = f"{row.name}/{row.variant}/seed {seed}"
+    spec = {"name": re.sub(r"[^a-z0-9]+", "-", f"bench {row.name} {row.variant} s{seed}".lower()),
+            "method": row.method, "sets": row.sets if row.sets is not None else target.sets,
             "hyperparameters": hyper,
-            "gates": {"max_invalidity": MAX_INVALIDITY, "eval_samples": args.eval_samples}}
+            "gates": {"max_invalidity": row.max_invalidity, "eval_samples": args.eval_samples}}
     marks: dict[str, float] = {}
 
     def progress(fraction: float, info: dict[str, Any]) -> None:
@@ -156,17 +305,19 @@ def one_run(method: str, variant: str, seed: int, *, registry, base, uploads: Pa
         if stage and stage not in marks:
             marks[stage] = time.monotonic()
         if stage == "training" and "invalidity" in info and "epoch" in info:
-            log(f"  {method}/{variant}/seed {seed}: epoch {info['epoch']} invalidity {info['invalidity']:.4g}"
+            phase = f"{info['phase']} " if "phase" in info else ""  # Adapt-then-Unlearn: adapt, then unlearn
+            log(f"  {tag}: {phase}epoch {info['epoch']} invalidity {info['invalidity']:.4g}"
                 + (f" fid {info['fid']:.4g}" if isinstance(info.get("fid"), float) else ""))
 
-    run: dict[str, Any] = {"method": method, "variant": variant, "seed": seed, "hyperparameters": hyper}
+    run: dict[str, Any] = {"row": row.name, "method": row.method, "variant": row.variant, "task": row.task,
+                           "seed": seed, "parent": target.parent.version, "hyperparameters": hyper}
     started = time.monotonic()
     try:
-        outcome = run_redaction(spec, registry=registry, parent=base.version, uploads_dir=uploads,
+        outcome = run_redaction(spec, registry=registry, parent=target.parent.version, uploads_dir=uploads,
                                 activate=False, callbacks=Callbacks(progress=progress), device=device)
     except Exception as exc:  # a failed run is still reported
         run.update(status="error", error=f"{type(exc).__name__}: {exc}", wall_time_s=time.monotonic() - started)
-        log(f"  {method}/{variant}/seed {seed}: ERROR {run['error']}")
+        log(f"  {tag}: ERROR {run['error']}")
         traceback.print_exc(file=sys.stderr)
         return run
     job_wall = time.monotonic() - started
@@ -175,23 +326,32 @@ def one_run(method: str, variant: str, seed: int, *, registry, base, uploads: Pa
         training_wall = marks["validating"] - marks["training"]
 
     candidate = registry.load_generator(outcome.version).to(device)
-    after = judge(candidate, judged["domain"], n=args.eval_samples, seed=args.eval_seed,
-                  omega=judged["zeros"], reference=judged["reference"])
-    before = judged["before"]
+    after = target.judge(candidate, args.eval_samples, args.eval_seed)
+    before = target.before
+    share, base_share = after["invalidity"], before["invalidity"]
     filtered = before.get("filtered_fid")
+    attack, parent_attack = outcome.after.get("attack") or {}, outcome.before.get("attack") or {}
+    pre = target.pretraining
     stats = outcome.stats
     run.update({
         "status": outcome.status,
         "reason": outcome.reason,
         "version": outcome.version,
-        "invalidity": after["invalidity"],
+        MEASURES[row.task]: share,
         "invalid_count": after["invalid_count"],
+        "pul": 100 * (base_share - share) / base_share if base_share else None,
         "inception_score": after["inception_score"],
         "fid": after["fid"],
+        "fid_reference": target.reference_name,
         "fid_over_filtered_base": after["fid"] / filtered if filtered else None,
         "class_shares": after["class_shares"],
         "min_retained_share_ratio": finite(min_share_ratio(before["class_shares"], after["class_shares"],
-                                                           {FORGOTTEN})),
+                                                           target.excluded)),
+        "attack_worst_case": attack.get("worst_case"),
+        "attack_invalidity": attack.get("attack_invalidity"),
+        "attack_random_invalidity": attack.get("random_invalidity"),
+        "parent_attack_worst_case": parent_attack.get("worst_case"),
+        "parent_attack_invalidity": parent_attack.get("attack_invalidity"),
         # the epoch whose weights were returned: the library's choice, else the last one run
         "selected_epoch": stats.get("selected_epoch", stats.get("epochs_run")),
         "epochs_run": stats.get("epochs_run"),
@@ -200,46 +360,62 @@ def one_run(method: str, variant: str, seed: int, *, registry, base, uploads: Pa
         "g_steps": stats.get("g_steps"),
         "pool": stats.get("pool"),
         "validity_queries": stats.get("validity_queries"),
+        "marked": stats.get("marked"),
+        "negatives": stats.get("negatives"),
         "redaction_score": {k: finite(v) for k, v in (stats.get("redaction_score") or {}).items()} or None,
         "training_wall_time_s": training_wall,
         "wall_time_s": job_wall,
         "job_duration_s": outcome.duration_s,
-        "wall_time_ratio": training_wall / pretraining["wall_time_s"] if training_wall is not None else None,
-        "job_wall_time_ratio": job_wall / pretraining["wall_time_s"],
-        "iteration_ratio": stats["iterations"] / pretraining["iterations"] if "iterations" in stats else None,
+        "wall_time_ratio": training_wall / pre["wall_time_s"] if pre and training_wall is not None else None,
+        "job_wall_time_ratio": job_wall / pre["wall_time_s"] if pre else None,
+        "iteration_ratio": stats["iterations"] / pre["iterations"]
+        if pre and pre.get("iterations") and "iterations" in stats else None,
         "gates": {g.name: {"value": finite(g.value), "limit": g.limit, "passed": g.passed} for g in outcome.gates},
         "gate_invalidity": outcome.after.get("invalidity"),
-        "history": [{k: finite(v) for k, v in h.items() if k in ("epoch", "invalidity", "fid", "pool",
-                                                                 "round_invalid")} for h in outcome.history],
+        "history": [{k: finite(v) for k, v in h.items() if k in ("stage", "epoch", "step", "invalidity", "fid",
+                                                                 "pool", "round_invalid")} for h in outcome.history],
     })
-    log(f"  {method}/{variant}/seed {seed}: {outcome.status}, invalidity {after['invalidity']:.3g}, "
-        f"FID {after['fid']:.4g} ({run['fid_over_filtered_base'] or float('nan'):.3g}x filtered base), "
+    log(f"  {tag}: {outcome.status}, {MEASURES[row.task]} {share:.3g} (parent {base_share:.3g}), "
+        f"FID {after['fid']:.4g} ({run['fid_over_filtered_base'] or float('nan'):.3g}x filtered parent), "
+        f"attack worst case {attack.get('worst_case', float('nan')):.3g}, "
         f"epoch {run['selected_epoch']}/{run['epochs_run']}, training {training_wall or float('nan'):.1f}s, "
         f"job {job_wall:.1f}s" + (f" ({outcome.reason})" if outcome.reason else ""))
     return run
 
 
-def summarise(runs: list[dict[str, Any]], method: str, variant: str) -> dict[str, Any]:
-    mine = [r for r in runs if r["method"] == method and r["variant"] == variant]
-    row: dict[str, Any] = {"method": method, "variant": variant, "seeds": [r["seed"] for r in mine],
-                           "status": {s: sum(r["status"] == s for r in mine) for s in
-                                      sorted({r["status"] for r in mine})}}
+def summarise(runs: list[dict[str, Any]], row: Row) -> dict[str, Any]:
+    mine = [r for r in runs if r["row"] == row.name and r["variant"] == row.variant]
+    summary: dict[str, Any] = {
+        "row": row.name, "method": row.method, "variant": row.variant, "task": row.task,
+        "measure": MEASURES[row.task], "parent": mine[0]["parent"], "paper": row.paper,
+        "fid_reference": next((r["fid_reference"] for r in mine if "fid_reference" in r), None),
+        "seeds": [r["seed"] for r in mine],
+        "status": {s: sum(r["status"] == s for r in mine) for s in sorted({r["status"] for r in mine})},
+    }
     for key in SUMMARY_KEYS:
-        row[key] = mean_se([r.get(key) for r in mine])
-    return row
+        summary[key] = mean_se([r.get(key) for r in mine])
+    return summary
 
 
-def base_row(before: dict[str, Any]) -> dict[str, Any]:
+def base_row(target: Target, paper: str) -> dict[str, Any]:
     single = lambda x: {"mean": finite(x), "se": None, "n": 1}  # noqa: E731
+    before = target.before
     filtered = before.get("filtered_fid")
-    return {"method": "base", "variant": "no redaction", "seeds": [0], "status": {"promoted": 1},
-            "invalidity": single(before["invalidity"]), "inception_score": single(before["inception_score"]),
-            "fid": single(before["fid"]),
-            "fid_over_filtered_base": single(before["fid"] / filtered if filtered else None),
-            "min_retained_share_ratio": single(1.0), "wall_time_ratio": single(1.0),
-            "job_wall_time_ratio": single(None), "iteration_ratio": single(1.0),
-            "selected_epoch": single(None), "epochs_run": single(None),
-            "filtered_fid": finite(filtered), "filtered_kept": before.get("filtered_kept")}
+    row = {"row": "base", "method": "base", "variant": f"no redaction ({target.parent.version})",
+           "task": target.task, "measure": MEASURES[target.task], "parent": target.parent.version,
+           "paper": paper, "fid_reference": target.reference_name, "seeds": [0], "status": {"promoted": 1},
+           **{key: single(None) for key in SUMMARY_KEYS},
+           MEASURES[target.task]: single(before["invalidity"]), "pul": single(0.0),
+           "inception_score": single(before["inception_score"]), "fid": single(before["fid"]),
+           "fid_over_filtered_base": single(before["fid"] / filtered if filtered else None),
+           "min_retained_share_ratio": single(1.0),
+           "wall_time_ratio": single(1.0 if target.pretraining else None),
+           "iteration_ratio": single(1.0 if target.pretraining else None),
+           "filtered_fid": finite(filtered), "filtered_kept": before.get("filtered_kept")}
+    if target.threshold is not None:
+        row["slant_threshold"] = target.threshold
+        row["marked"] = len(target.sets[0]["marked"]["indices"])
+    return row
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -266,12 +442,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         bootstrap(registry, epochs=args.pretrain_epochs, device=device, show_progress=False)
         bootstrap_wall = time.monotonic() - started
         base = registry.get(registry.active(MODEL))
-        recorded = base.metrics["pretraining"]
-        pretraining = {"wall_time_s": recorded["wall_time_s"], "iterations": recorded["iterations"],
-                       "epochs": recorded["epochs"], "d_steps": recorded.get("d_steps"),
-                       "g_steps": recorded.get("g_steps"), "device": recorded.get("device"),
-                       "bootstrap_wall_time_s": bootstrap_wall if fresh else None, "measured_in_this_run": fresh,
-                       "version": base.version}
+        pretraining = {**pretraining_record(base), "bootstrap_wall_time_s": bootstrap_wall if fresh else None,
+                       "measured_in_this_run": fresh}
         log(f"base {base.version}: pre-training {pretraining['epochs']} epochs, {pretraining['iterations']} "
             f"iterations, {pretraining['wall_time_s']:.1f}s (bootstrap {bootstrap_wall:.1f}s)")
 
@@ -279,30 +451,62 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         train, _ = digits_splits()
         save_images_npz(train.images[train.labels == FORGOTTEN], uploads / "zeros.npz")
 
-        judged = base_judgement(registry, base, device, args.eval_samples, args.eval_seed)
-        before = judged["before"]
-        log(f"base: invalidity {before['invalidity']:.4g}, IS {before['inception_score']:.4g}, "
-            f"FID {before['fid']:.4g}, filtered FID {before['filtered_fid']:.4g} "
-            f"({judged['domain'].extractor_name}, {args.eval_samples} samples)")
+        # --quick: one variant per row; otherwise Kong's rows also with the paper's settings
+        rows = [r for r in (ROWS if args.quick else ROWS + PAPER_ROWS) if r.name in args.methods]
+        skipped: dict[str, str] = {}
+        parents = {"digits": base}
+        vae = registry.active(VAE_MODEL)
+        if vae is not None:
+            parents[VAE_MODEL] = registry.get(vae)
+        elif any(r.model == VAE_MODEL for r in rows):
+            skipped = {r.name: SKIPPED_VAE for r in rows if r.model == VAE_MODEL}
+            rows = [r for r in rows if r.model != VAE_MODEL]
+            log(f"feedback-vae: {SKIPPED_VAE}")
 
-        variants = ["ours"] if args.quick else ["ours", "paper-defaults"]
+        # one judge per (task, parent), built once: every seed and row is judged the same way
+        targets: dict[tuple[str, str], Target] = {}
+        for task, model in dict.fromkeys((r.task, r.model) for r in rows):
+            parent = parents[model]
+            # the DCGAN's pre-training was measured (or reused) above; another model's is in its manifest
+            pre = pretraining if model == MODEL else pretraining_record(parent)
+            make = zero_target if task == "zero" else feedback_target
+            target = targets[task, model] = make(registry, parent, pre, device, args.eval_samples, args.eval_seed)
+            b = target.before
+            log(f"{parent.version} ({task}): {MEASURES[task]} {b['invalidity']:.4g}, IS {b['inception_score']:.4g}, "
+                f"FID {b['fid']:.4g}, filtered FID {b['filtered_fid'] or float('nan'):.4g} against "
+                f"{target.reference_name} ({target.domain.extractor_name}, {args.eval_samples} samples)"
+                + (f"; {len(target.sets[0]['marked']['indices'])} of {MARK_N} marked" if target.sets else ""))
 
         def document(runs: list[dict[str, Any]], partial: bool = False) -> dict[str, Any]:
-            rows = [base_row(before)] + [summarise(runs, m, v) for v in variants for m in args.methods
-                                         if any(r["method"] == m and r["variant"] == v for r in runs)]
+            bases = [base_row(t, BASE_PAPER[key]) for key, t in targets.items()]
+            summaries = [summarise(runs, r) for r in rows
+                         if any(x["row"] == r.name and x["variant"] == r.variant for x in runs)]
             doc = {
-                "benchmark": "Kong & Chaudhuri Table I: forget digit 0 on the digits default",
+                "benchmark": "every method on the digits default: forget digit 0 (Kong & Chaudhuri Table I, "
+                             "Tiwary et al.) and forget 'leans left' from marks (Moon et al.)",
                 "machine": machine(device, threads),
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "settings": {"seeds": args.seeds, "quick": args.quick, "eval_samples": args.eval_samples,
-                             "eval_seed": args.eval_seed, "max_invalidity": MAX_INVALIDITY,
-                             "extractor": before["extractor"], "paper_defaults": PAPER_DEFAULTS,
-                             "judge": "invalidity = share of samples the digit classifier calls 0; FID against "
-                                      "the training digits other than 0",
-                             "wall_time_ratio": "training phase of the job / base pre-training wall time"},
+                             "eval_seed": args.eval_seed, "rows": [r.name for r in rows],
+                             "max_invalidity": {r.name: r.max_invalidity for r in rows},
+                             "extractor": next((t.before["extractor"] for t in targets.values()), None), "paper_defaults": PAPER_DEFAULTS,
+                             "marks": {"seed": MARK_SEED, "n": MARK_N, "threshold": "top decile of the parent's "
+                                       f"slant on {THRESHOLD_N} samples of seed {THRESHOLD_SEED}"},
+                             "judge": {"zero": "invalidity = share of samples the digit classifier calls 0; FID "
+                                               "against the training digits other than 0",
+                                       "feedback": "target_ratio = share of samples whose slant reaches the "
+                                                   "threshold; FID against the training digits below it"},
+                             "pul": "100 * (parent - candidate) / parent of invalidity or target_ratio",
+                             "attack": "outcome.after['attack'] of the job, judged by the spec's own checks",
+                             "wall_time_ratio": "training phase of the job / the parent's pre-training wall time"},
                 "pretraining": pretraining,
-                "base": {k: finite(v) for k, v in before.items()},
-                "rows": rows,
+                "pretraining_by_parent": {t.parent.version: t.pretraining for t in targets.values()},
+                "base": {k: finite(v) for k, v in targets["zero", MODEL].before.items()}
+                if ("zero", MODEL) in targets else None,
+                "bases": {f"{task}/{model}": {k: finite(v) for k, v in t.before.items()}
+                          for (task, model), t in targets.items()},
+                "skipped": skipped,
+                "rows": bases + summaries,
                 "runs": runs,
             }
             if partial:
@@ -311,20 +515,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
         seeds = list(range(args.seeds))
         runs: list[dict[str, Any]] = []
-        total = len(variants) * len(args.methods) * len(seeds)
-        for variant in variants:
-            for method in args.methods:
-                for seed in seeds:
-                    log(f"run {len(runs) + 1}/{total}: {method} ({variant}), seed {seed}")
-                    runs.append(one_run(method, variant, seed, registry=registry, base=base, uploads=uploads,
-                                        judged=judged, pretraining=pretraining, args=args, device=device))
-                    if args.output:  # keep what is done if a long run dies later
-                        write_json(args.output, document(runs, partial=len(runs) < total))
+        total = len(rows) * len(seeds)
+        for row in rows:
+            for seed in seeds:
+                log(f"run {len(runs) + 1}/{total}: {row.name} ({row.variant}), seed {seed}")
+                runs.append(one_run(row, seed, registry=registry, target=targets[row.task, row.model],
+                                    uploads=uploads, args=args, device=device))
+                if args.output:  # keep what is done if a long run dies later
+                    write_json(args.output, document(runs, partial=len(runs) < total))
         return document(runs)
     finally:
         scratch.cleanup()
-
-
 
 
 # ------------------------------------------------------------------------------ markdown
@@ -337,34 +538,70 @@ def _fmt(stat: dict[str, Any] | None, kind: str) -> str:
     if kind == "sci":
         text = "0" if m == 0 else f"{m:.1e}"
         return text + (f" ± {se:.1e}" if se is not None else "")
-    digits = 3 if kind == "ratio" else 2
+    digits = {"ratio": 3, "pct": 1}.get(kind, 2)
     return f"{m:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
+
+
+TABLES = {
+    "zero": ("Forget digit 0", "invalidity"),
+    "feedback": ("Forget 'leans left' from a person's marks (feedback)", "target ratio"),
+}
 
 
 def markdown(doc: dict[str, Any]) -> str:
     pre, settings = doc["pretraining"], doc["settings"]
-    lines = [
-        "| method | variant | seeds | promoted | invalidity | IS | FID | FID / filtered base | wall-time ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in doc["rows"]:
-        promoted = f"{row['status'].get('promoted', 0)}/{len(row['seeds'])}"
-        wall = "1 (pre-training)" if row["method"] == "base" else _fmt(row["wall_time_ratio"], "ratio")
-        lines.append(f"| {row['method']} | {row['variant']} | {len(row['seeds'])} | "
-                     f"{'-' if row['method'] == 'base' else promoted} | {_fmt(row['invalidity'], 'sci')} | "
-                     f"{_fmt(row['inception_score'], 'plain')} | {_fmt(row['fid'], 'plain')} | "
-                     f"{_fmt(row['fid_over_filtered_base'], 'ratio')} | {wall} |")
-        if row["method"] == "base" and row.get("filtered_fid") is not None:
-            lines.append(f"| base, filtered | rejection sampling | - | - | 0 | - | {row['filtered_fid']:.2f} | 1 | - |")
+    lines: list[str] = []
+    for task, (title, measure) in TABLES.items():
+        rows = [r for r in doc["rows"] if r.get("task", "zero") == task]
+        if not rows:
+            continue
+        # each parent has its own reference (feedback: below its own slant threshold)
+        references = {r["parent"]: r["fid_reference"] for r in rows if r.get("fid_reference")}
+        against = "; ".join(f"{parent}: {ref}" for parent, ref in references.items())
+        lines += [
+            f"**{title}** (FID against {against or 'the training digits other than 0'})",
+            "",
+            f"| row | method | variant | seeds | promoted | {measure} | PUL % | IS | FID | FID / filtered parent "
+            "| attack worst case (parent) | attack invalidity | wall-time ratio | paper |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            is_base = row["method"] == "base"
+            promoted = "-" if is_base else f"{row['status'].get('promoted', 0)}/{len(row['seeds'])}"
+            wall = "1 (pre-training)" if is_base and row["wall_time_ratio"].get("mean") else \
+                _fmt(row["wall_time_ratio"], "ratio")
+            attack = _fmt(row.get("attack_worst_case"), "ratio")
+            if row.get("parent_attack_worst_case", {}).get("mean") is not None:
+                attack += f" ({row['parent_attack_worst_case']['mean']:.3f})"
+            lines.append(
+                f"| {row.get('row', row['method'])} | {row['method']} | {row['variant']} | {len(row['seeds'])} | "
+                f"{promoted} | {_fmt(row.get(row.get('measure', 'invalidity')), 'sci')} | "
+                f"{'-' if is_base else _fmt(row.get('pul'), 'pct')} | {_fmt(row['inception_score'], 'plain')} | "
+                f"{_fmt(row['fid'], 'plain')} | {_fmt(row['fid_over_filtered_base'], 'ratio')} | {attack} | "
+                f"{_fmt(row.get('attack_invalidity'), 'ratio')} | {wall} | {row.get('paper', '-')} |")
+            if is_base and row.get("filtered_fid") is not None:
+                lines.append(f"| base, filtered | rejection sampling | - | - | - | 0 | - | - | "
+                             f"{row['filtered_fid']:.2f} | 1 | - | - | - | - |")
+        lines.append("")
+    for name, why in (doc.get("skipped") or {}).items():
+        lines.append(f"{name}: {why}.")
     m = doc["machine"]
     lines += [
         "",
         f"Mean ± standard error over seeds; {settings['eval_samples']} samples per model (seed "
-        f"{settings['eval_seed']}); FID with `{settings['extractor']}` against the training digits other than 0; "
-        f"invalidity = share of samples the digit classifier calls 0. Wall-time ratio = training phase of the "
-        f"redaction job / base pre-training ({pre['epochs']} epochs, {pre['iterations']} iterations, "
-        f"{pre['wall_time_s']:.0f} s). {m['device']}, {m['torch_threads']} threads, torch {m['torch']}, "
-        f"{m['platform']}, {doc['date'][:10]}.",
+        f"{settings['eval_seed']}); FID with `{settings['extractor']}`. Invalidity = share of samples the digit "
+        "classifier calls 0; target ratio = share of samples whose pixel slant reaches the parent's top decile (the "
+        f"marks: the {MARK_N} samples of seed {MARK_SEED} at or above it); PUL = 100 (parent - after) / parent "
+        "(Tiwary et al. eq. 8). Attack: worst case of the job's latent attack (gradient ascent and truncation), "
+        "judged by the spec's own checks (for feedback, the marks' nearest-neighbour judge), parent in brackets. "
+        f"Wall-time ratio = training phase of the redaction job / the parent's pre-training (DCGAN: {pre['epochs']} "
+        f"epochs, {pre['iterations']} iterations, {pre['wall_time_s']:.0f} s). {m['device']}, {m['torch_threads']} "
+        f"threads, torch {m['torch']}, {m['platform']}, {doc['date'][:10]}.",
+        "",
+        "Paper column: the papers' headline numbers, not like for like. Kong & Chaudhuri Table I is MNIST 28x28, "
+        "forget 0, 8 epochs, invalidity on 50K samples, pre-trained 1.1e-1 / IS 7.82. Tiwary et al. Table 1 forgets "
+        "MNIST digits 1, 4 and 8 (Inception FID, pre-trained 5.4). Moon et al. forget thickness, not slant "
+        "(Morpho-MNIST). Here: 8x8 digits, FID on the digit classifier's features.",
     ]
     return "\n".join(lines)
 

@@ -137,8 +137,9 @@ class AdminAPI:
             if not spec_bytes:
                 return error(400, "no 'spec' field: send the forget specification as JSON in a form field named 'spec'")
             uploads = staging if staging.exists() else None
+            model = request.query_params.get("model")
             spec, method, parent_manifest = await anyio.to_thread.run_sync(
-                self._preflight, spec_bytes, parent, uploads
+                self._preflight, spec_bytes, parent, uploads, model
             )
             from unlearning.spec import referenced_files, spec_hash
 
@@ -166,10 +167,10 @@ class AdminAPI:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def _preflight(self, spec_bytes: bytes, parent: str | None, uploads: Path | None):
+    def _preflight(self, spec_bytes: bytes, parent: str | None, uploads: Path | None, model: str | None):
         from unlearning.jobs import preflight
 
-        return preflight(spec_bytes, self.registry, parent=parent, uploads_dir=uploads)
+        return preflight(spec_bytes, self.registry, parent=parent, uploads_dir=uploads, model=model)
 
     async def _read_multipart(self, request: Request, staging: Path) -> tuple[bytes | None, str | None]:
         form = await request.form(max_files=MAX_FILES, max_fields=8, max_part_size=1 << 20)

@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import secrets
+import threading
 from typing import Annotated, Any
 
 import bentoml
@@ -41,6 +42,7 @@ MAX_SEED = 2**63 - 1
 
 Count = Annotated[int, Field(ge=1, le=MAX_IMAGES, strict=True, description="images to generate, 1-1024")]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, strict=True, description="same seed + version = same images")]
+ModelName = Annotated[str | None, Field(max_length=64, description="hosted generator (GET /models); default: the service's")]
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -89,17 +91,27 @@ class Lethe:
 
         torch.set_num_threads(1)  # torch only runs the monitor's checks here
         self.registry = _REGISTRY
-        self.active = ActiveGenerator(
-            self.registry, SETTINGS.model, threads=SETTINGS.threads, poll_s=SETTINGS.swap_poll_s,
-            on_swap=self._swapped,
-        )
-        self.monitor = OnlineMonitor(
-            self.registry, JobStore(SETTINGS.home / "jobs.sqlite"), SETTINGS.model, SETTINGS.monitor_share
-        )
-        for manifest in self.registry.list_versions(SETTINGS.model):
+        self.actives: dict[str, ActiveGenerator] = {}  # model -> its hot-swapping session
+        self._actives_lock = threading.Lock()
+        self.monitor = OnlineMonitor(self.registry, JobStore(SETTINGS.home / "jobs.sqlite"), SETTINGS.monitor_share)
+        for manifest in self.registry.list_versions():
             publish_version(manifest)
-        self.active.start()
+        for model in {SETTINGS.model, *self.registry.models()}:
+            self._active_for(model)
         self.monitor.start()
+
+    def _active_for(self, model: str) -> ActiveGenerator:
+        """The model's hot-swapping session; one is started for a model that appears later."""
+        with self._actives_lock:
+            if model not in self.actives:
+                if model != SETTINGS.model and model not in self.registry.models():
+                    known = ", ".join(self.registry.models()) or "none"
+                    raise NotFoundError(f"model {model!r} is not hosted here (known: {known})")
+                self.actives[model] = ActiveGenerator(
+                    self.registry, model, threads=SETTINGS.threads, poll_s=SETTINGS.swap_poll_s,
+                    on_swap=self._swapped,
+                ).start()
+            return self.actives[model]
 
     @staticmethod
     def _swapped(old: LoadedVersion | None, new: LoadedVersion) -> None:
@@ -112,12 +124,17 @@ class Lethe:
 
     @bentoml.on_shutdown
     def _stop(self) -> None:
-        self.active.stop()
+        for active in self.actives.values():
+            active.stop()
         self.monitor.stop()
 
-    def _sample(self, n: int, seed: int | None, version: str | None) -> tuple[LoadedVersion, int, np.ndarray]:
+    def _sample(
+        self, n: int, seed: int | None, version: str | None, model: str | None,
+    ) -> tuple[LoadedVersion, int, np.ndarray]:
         try:
-            loaded = self.active.resolve(version)
+            if model is None:  # a named version says which model; else the service's default
+                model = self.registry.get(version).model if version else SETTINGS.model
+            loaded = self._active_for(model).resolve(version)
         except NotServableError as exc:
             raise bentoml.exceptions.InvalidArgument(str(exc)) from None
         except NotFoundError as exc:
@@ -138,9 +155,11 @@ class Lethe:
         ctx.response.headers["X-Lethe-Worker"] = str(os.getpid())  # which worker answered
 
     @bentoml.api(route="/generate")
-    def generate(self, ctx: bentoml.Context, n: Count = 1, seed: Seed = None, version: str | None = None) -> dict[str, Any]:
-        """``n`` images as base64 PNGs, with the version that made them and the seed."""
-        loaded, seed, images = self._sample(n, seed, version)
+    def generate(
+        self, ctx: bentoml.Context, n: Count = 1, seed: Seed = None, version: str | None = None, model: ModelName = None,
+    ) -> dict[str, Any]:
+        """``n`` images as base64 PNGs, with the model and version that made them and the seed."""
+        loaded, seed, images = self._sample(n, seed, version, model)
         self._headers(ctx, loaded, seed)
         return {
             "model": loaded.manifest.model, "model_version": loaded.version, "seed": seed,
@@ -148,12 +167,14 @@ class Lethe:
         }
 
     @bentoml.api(route="/grid")
-    def grid(self, ctx: bentoml.Context, n: Count = 64, seed: Seed = None, version: str | None = None) -> Image.Image:
+    def grid(
+        self, ctx: bentoml.Context, n: Count = 64, seed: Seed = None, version: str | None = None, model: ModelName = None,
+    ) -> Image.Image:
         """The same images as ``/generate``, as one PNG grid."""
         import torch
         from unlearning.images import grid_image
 
-        loaded, seed, images = self._sample(n, seed, version)
+        loaded, seed, images = self._sample(n, seed, version, model)
         self._headers(ctx, loaded, seed)
         return grid_image(torch.from_numpy(images))
 

@@ -4,6 +4,7 @@ Requests only hand images to a bounded queue (dropped when full, never waited on
 background thread judges them with the redaction set of every forget spec the service
 knows (jobs queued, running or promoted, and the specs of promoted versions) and keeps,
 per (version that served them, spec), the invalid share of the last ``window`` images.
+Every model the registry hosts is watched; a spec judges only its own model's images.
 """
 
 from __future__ import annotations
@@ -39,18 +40,18 @@ class _Window:
 
 
 class OnlineMonitor:
-    def __init__(self, registry, store: JobStore, model: str, share: float, *, window: int = WINDOW):
+    def __init__(self, registry, store: JobStore, share: float, *, window: int = WINDOW):
         self.registry = registry
         self.store = store
-        self.model = model
         self.share = share
         self.window = window
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
         self._rng = np.random.default_rng()
-        self._checks: dict[str, tuple[str, object]] = {}  # spec hash -> (spec name, redaction set)
+        self._checks: dict[str, tuple[str, object, str]] = {}  # key -> (spec name, redaction set, model)
+        self._model_of: dict[str, str] = {}  # version -> model
         self._broken: set[str] = set()
         self._windows: dict[tuple[str, str], _Window] = {}
-        self._domain = None
+        self._domains: dict[str, object] = {}  # dataset -> Domain
         self._refreshed = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,15 +90,21 @@ class OnlineMonitor:
             except Exception:
                 log.exception("online monitor failed on a batch from %s", version)
 
-    def _watched_specs(self) -> list[tuple[dict, str | None, str | None]]:
-        """(spec, uploads folder, parent version: the one any marks were made on)."""
-        specs: list[tuple[dict, str | None, str | None]] = []
+    def _watched_specs(self) -> list[tuple[dict, str | None, str]]:
+        """(spec, uploads folder, parent version: its model, and the samples any marks were made on)."""
+        specs: list[tuple[dict, str | None, str]] = []
         for job in self.store.list(limit=50, states=["queued", "running", "validating", "promoted"]):
-            specs.append((job.spec, job.uploads_dir, job.parent))
-        for manifest in self.registry.list_versions(self.model):
-            if manifest.status == "promoted" and manifest.spec:
+            if job.parent:
+                specs.append((job.spec, job.uploads_dir, job.parent))
+        for manifest in self.registry.list_versions():
+            if manifest.status == "promoted" and manifest.spec and manifest.parent:
                 specs.append((manifest.spec, None, manifest.parent))
         return specs
+
+    def _model(self, version: str) -> str:
+        if version not in self._model_of:
+            self._model_of[version] = self.registry.get(version).model
+        return self._model_of[version]
 
     def _refresh(self) -> None:
         from unlearning.evaluation import load_domain
@@ -110,17 +117,19 @@ class OnlineMonitor:
             if key in self._checks or key in self._broken:
                 continue
             try:
-                if self._domain is None:
+                parent_manifest = self.registry.get(parent)
+                if parent_manifest.dataset not in self._domains:
                     import torch
 
-                    active = self.registry.active(self.model)
-                    self._domain = load_domain(self.registry, self.registry.get(active), device=torch.device("cpu"))
+                    self._domains[parent_manifest.dataset] = load_domain(
+                        self.registry, parent_manifest, device=torch.device("cpu"))
+                domain = self._domains[parent_manifest.dataset]
                 spec = load_spec(spec_doc)
-                omega = prepare_redaction_set(spec, self.registry, self._domain, Path(uploads) if uploads else None,
+                omega = prepare_redaction_set(spec, self.registry, domain, Path(uploads) if uploads else None,
                                               marks_from=parent)
                 if not omega.has_judge:
                     raise ValueError("the spec has no check that can judge generated samples")
-                self._checks[key] = (spec.name, omega)
+                self._checks[key] = (spec.name, omega, self._model(parent))
             except Exception as exc:
                 self._broken.add(key)
                 log.warning("online monitor cannot watch spec %r: %s", spec_doc.get("name"), exc)
@@ -134,8 +143,11 @@ class OnlineMonitor:
             return
         m = metrics()
         x = torch.from_numpy(images)
+        model = self._model(version)
         with torch.no_grad():
-            for spec_name, omega in self._checks.values():
+            for spec_name, omega, spec_model in list(self._checks.values()):
+                if spec_model != model:
+                    continue
                 invalid = omega.in_omega(x).cpu().numpy()
                 ratio = self._windows.setdefault((version, spec_name), _Window(self.window)).add(invalid)
                 m.served_checked.labels(version, spec_name).inc(len(invalid))

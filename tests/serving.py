@@ -84,17 +84,18 @@ class LetheServer:
     def generate(self, **body: Any) -> httpx.Response:
         return self.client.post("/generate", json=body)
 
-    def images(self, n: int, seed: int, version: str | None = None) -> tuple[str, torch.Tensor, list[str]]:
-        reply = self.generate(n=n, seed=seed, version=version)
+    def images(self, n: int, seed: int, version: str | None = None,
+               model: str | None = None) -> tuple[str, torch.Tensor, list[str]]:
+        reply = self.generate(n=n, seed=seed, version=version, **({"model": model} if model else {}))
         assert reply.status_code == 200, reply.text
         data = reply.json()
         return data["model_version"], decode(data["images"]), data["images"]
 
-    def wait_serving(self, version: str, timeout: float = 5.0) -> float:
-        """Seconds until a request is answered by ``version``."""
+    def wait_serving(self, version: str, timeout: float = 5.0, model: str | None = None) -> float:
+        """Seconds until a request (for ``model``, default the service's) is answered by ``version``."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
-            if self.generate(n=1, seed=0).json()["model_version"] == version:
+            if self.generate(n=1, seed=0, **({"model": model} if model else {})).json()["model_version"] == version:
                 return time.monotonic() - start
             time.sleep(0.05)
         raise AssertionError(f"{version} not served within {timeout} s")

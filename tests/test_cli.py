@@ -51,22 +51,25 @@ def models_json(home: Path) -> list[dict]:
     return json.loads(done.stdout)
 
 
-def active_of(listing: list[dict]) -> list[str]:
-    return [v["version"] for v in listing if v["active"]]
+def active_of(listing: list[dict], model: str = "digits") -> list[str]:
+    return [v["version"] for v in listing if v["active"] and v["model"] == model]
 
 
-def test_models_lists_the_bootstrap_version_as_active(quick_copy):
+def test_models_lists_the_bootstrap_versions_as_active(quick_copy):
+    """Bootstrap hosts two generators: the DCGAN (digits) and the VAE (digits-vae)."""
     done = lethe(quick_copy, "models")
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert len(lines) == 1, done.stdout
+    lines = sorted(done.stdout.splitlines())
+    assert len(lines) == 2, done.stdout
     assert lines[0].startswith(f"* {BASE} ") and "promoted" in lines[0] and "spec=base" in lines[0]
+    assert lines[1].startswith("* digits-vae-v1 ") and "promoted" in lines[1]
 
-    listing = models_json(quick_copy)
-    assert [v["version"] for v in listing] == [BASE]
-    assert listing[0]["active"] is True and listing[0]["status"] == "promoted"
-    assert listing[0]["parent"] is None and listing[0]["model"] == "digits"
-    assert set(listing[0]["files"]) >= {"generator.safetensors", "generator.onnx"}
+    listing = {v["version"]: v for v in models_json(quick_copy)}
+    assert sorted(listing) == [BASE, "digits-vae-v1"]
+    assert all(v["active"] is True and v["status"] == "promoted" and v["parent"] is None for v in listing.values())
+    assert listing[BASE]["model"] == "digits" and listing["digits-vae-v1"]["model"] == "digits-vae"
+    assert set(listing[BASE]["files"]) >= {"generator.safetensors", "generator.onnx", "discriminator.safetensors"}
+    assert set(listing["digits-vae-v1"]["files"]) >= {"generator.safetensors", "generator.onnx", "encoder.safetensors"}
 
 
 def test_bootstrap_again_builds_nothing_and_changes_nothing(quick_copy):

@@ -96,6 +96,10 @@ CASES = {
                                           ["hyperparameters.lam"]),
     "negative-fid-gate": (spec(gates={"max_fid_increase": -1000}), {}, None, SpecError,
                           ["gates.max_fid_increase", "-1000"]),
+    "adversarial-method-on-the-vae": (spec(method="kong-validity"), {"model": "digits-vae"}, None, SpecError,
+                                      ["'kong-validity'", "'digits-vae'", "no", "discriminator", "feedback"]),
+    "parent-of-another-model": (spec(), {"parent": BASE, "model": "digits-vae"}, None, SpecError,
+                                [BASE, "belongs to model 'digits'", "digits-vae"]),
     "from-unknown-version": (spec(), {"parent": "digits-v99"}, None, NotFoundError,
                              ["'digits-v99'", "not found", BASE]),
     "corrupted-parent": (spec(), {}, _corrupt, IntegrityError,
@@ -128,7 +132,7 @@ def test_bad_input_is_refused_by_name_and_changes_nothing(case, quick_copy, uplo
     assert "Traceback" not in message and len(message) < 600
     assert snapshot(quick_copy) == before
     assert Registry(quick_copy).active("digits") == BASE
-    assert [p.name for p in (quick_copy / "versions").iterdir()] == [BASE]
+    assert sorted(p.name for p in (quick_copy / "versions").iterdir()) == [BASE, "digits-vae-v1"]
 
 
 def _sha256(path: Path) -> str:
@@ -148,7 +152,7 @@ def test_a_job_stores_one_complete_version_and_strict_gates_reject_it(quick_copy
 
     # exactly one new, complete version folder, and nothing else touched
     versions = sorted(p.name for p in (quick_copy / "versions").iterdir())
-    assert versions == [BASE, "digits-v2"] and outcome.version == "digits-v2"
+    assert versions == [BASE, "digits-v2", "digits-vae-v1"] and outcome.version == "digits-v2"
     after = snapshot(quick_copy)
     assert {k: v for k, v in after.items() if k in before} == before
     new_files = set(after) - set(before)

@@ -220,30 +220,51 @@ def test_adapt_then_unlearn_from_a_persons_marks(server, promoted, classifier):
     assert share_before > 0.05 and share_after < share_before / 5, (share_before, share_after)
 
 
-def test_feedback_unlearning_over_http(server, promoted):
-    """Moon et al. through the admin API: marks on served samples that lean left (top 10 %
-    by a pixel measure the job never sees); promoted, hot-swapped, the share falls >= 5x."""
+@pytest.mark.parametrize("model", ["digits", "digits-vae"])
+def test_feedback_unlearning_over_http(server, promoted, model):
+    """Moon et al. through the admin API, on the DCGAN and on the VAE (each hosted model has
+    its own versions and swaps): marks on served samples that lean left (top 10 % by a pixel
+    measure the job never sees); promoted, hot-swapped, the share falls >= 5x."""
     from unlearning.metrics.features import slant
 
-    base = promoted["base"]
+    base = next(m for m in server.client.get("/models").json()["models"] if m["model"] == model)["versions"][0]["version"]
     assert server.activate(base).status_code == 200
-    server.wait_serving(base, timeout=5)
-    _, reference, _ = server.images(1024, seed=99)
+    server.wait_serving(base, timeout=5, model=model)
+    _, reference, _ = server.images(1024, seed=99, model=model)
     threshold = float(slant(reference).quantile(0.9))
-    _, sampled, _ = server.images(1024, seed=31)
+    _, sampled, _ = server.images(1024, seed=31, model=model)
     marks = {"seed": 31, "n": 1024, "indices": (slant(sampled) >= threshold).nonzero().flatten().tolist()}
     spec = {"name": "lean-left", "method": "feedback", "sets": [{"kind": "feedback", "marked": marks}],
+            "hyperparameters": {"boundary": 0.0} if model == "digits" else {},  # see test_feedback.py
             "gates": {"max_invalidity": 0.05, "eval_samples": 5000}}
-    reply = server.client.post(f"/admin/redactions?from={base}", content=__import__("json").dumps(spec),
+    reply = server.client.post(f"/admin/redactions?model={model}", content=__import__("json").dumps(spec),
                                headers={**server.auth, "Content-Type": "application/json"})
     assert reply.status_code == 202, reply.text
+    assert reply.json()["parent"] == base
     job = server.wait_job(reply.json()["job_id"])
     assert job["state"] == "promoted", (job["reason"], server.log()[-3000:])
-    server.wait_serving(job["version"], timeout=5)
+    server.wait_serving(job["version"], timeout=5, model=model)
 
     _, before, _ = server.images(1000, seed=12, version=base)
-    version, after, _ = server.images(1000, seed=12)
+    version, after, _ = server.images(1000, seed=12, model=model)
     assert version == job["version"]
     share_before = float((slant(before) >= threshold).float().mean())
     share_after = float((slant(after) >= threshold).float().mean())
     assert share_before > 0.05 and share_after <= share_before / 5, (share_before, share_after)
+
+
+def test_several_models_are_hosted(server, promoted):
+    listed = {m["model"]: m for m in server.client.get("/models").json()["models"]}
+    assert {"digits", "digits-vae"} <= set(listed) and all(m["active"] for m in listed.values())
+    vae = server.generate(n=2, seed=5, model="digits-vae")
+    assert vae.status_code == 200 and vae.json()["model"] == "digits-vae"
+    assert vae.json()["model_version"] == listed["digits-vae"]["active"]
+    assert server.generate(n=2, seed=5).json()["model"] == "digits"  # the default stays the DCGAN
+    unknown = server.generate(n=1, model="nope")
+    assert unknown.status_code == 404 and "nope" in unknown.text and "digits-vae" in unknown.text
+    wrong = server.generate(n=1, model="digits-vae", version=listed["digits"]["active"])
+    assert wrong.status_code == 404 and "belongs to" in wrong.text
+    refused = server.client.post("/admin/redactions?model=digits-vae",
+                                 content=__import__("json").dumps(FORGET_ZERO),
+                                 headers={**server.auth, "Content-Type": "application/json"})
+    assert refused.status_code == 400 and "discriminator" in refused.text and "feedback" in refused.text

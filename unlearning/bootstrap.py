@@ -1,6 +1,7 @@
 """``lethe bootstrap``: the embedded default, built from data that ships with the
-dependencies (scikit-learn's digits). Trains the digit classifier and the base DCGAN,
-registers both and makes the base generator active. Idempotent: what exists is kept."""
+dependencies (scikit-learn's digits). Trains the digit classifier, the base DCGAN
+(model ``digits``) and the base VAE (model ``digits-vae``, its decoder is the generator),
+registers them and makes each base generator active. Idempotent: what exists is kept."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from unlearning.export import check_onnx_parity, export_generator_onnx
 from unlearning.methods.adversarial import AdversarialSettings
 from unlearning.models import ClassifierConfig, DCGANConfig
 from unlearning.models.io import save_model
-from unlearning.pretrain import PRETRAIN_SETTINGS, train_classifier, pretrain_gan
+from unlearning.models.vae import VAEConfig
+from unlearning.pretrain import PRETRAIN_SETTINGS, VAETraining, pretrain_gan, train_classifier, train_vae
 from unlearning.progress import progress_bar
 from unlearning.registry import Registry
 from unlearning.runtime import pick_device
 
 MODEL = "digits"
+VAE_MODEL = "digits-vae"
 CLASSIFIER = "digits"
 DATASET = "digits"
 MIN_HELD_OUT_ACCURACY = 0.97
@@ -63,9 +66,20 @@ def bootstrap(
         wall = time.monotonic() - started
         manifest = _register_base(registry, result, settings, wall, device)
         summary["built"].append(f"generator {manifest.version}")
+    if registry.active(VAE_MODEL) is None:
+        vae_settings = VAETraining(seed=seed) if epochs is None else VAETraining(seed=seed, epochs=epochs)
+        started = time.monotonic()
+        with progress_bar(f"base VAE ({vae_settings.epochs} epochs)", show_progress) as callbacks:
+            decoder, encoder, stats = train_vae(train.images, VAEConfig(resolution=8, channels=1), vae_settings,
+                                                callbacks=callbacks, device=device)
+        pretraining = {"epochs": vae_settings.epochs, "wall_time_s": time.monotonic() - started,
+                       "device": str(device), "settings": vae_settings.model_dump(), **stats}
+        manifest = _register(registry, VAE_MODEL, {"generator": decoder, "encoder": encoder}, pretraining, device)
+        summary["built"].append(f"generator {manifest.version}")
     version = registry.active(MODEL)
     summary["active"] = version
     summary["generator"] = registry.get(version).metrics
+    summary["models"] = {name: registry.active(name) for name in (MODEL, VAE_MODEL)}
     return summary
 
 
@@ -75,21 +89,29 @@ def _register_base(registry: Registry, result, settings: AdversarialSettings, wa
         "d_steps": result.stats["d_steps"], "g_steps": result.stats["g_steps"],
         "wall_time_s": wall, "device": str(device), "settings": settings.model_dump(),
     }
+    components = {"generator": result.gan.generator, "discriminator": result.gan.discriminator}
+    return _register(registry, MODEL, components, pretraining, device)
+
+
+def _register(registry: Registry, model: str, components: dict[str, torch.nn.Module], pretraining: dict[str, Any],
+              device: torch.device):
+    """Register a base version (its components, the generator's ONNX, parity, quality) and activate it."""
+    generator = components["generator"]
     with tempfile.TemporaryDirectory() as scratch:
-        onnx_path = export_generator_onnx(result.gan.generator, Path(scratch) / "generator.onnx")
-        parity = check_onnx_parity(result.gan.generator, onnx_path)
+        onnx_path = export_generator_onnx(generator, Path(scratch) / "generator.onnx")
+        parity = check_onnx_parity(generator, onnx_path)
 
         def write_files(folder: Path) -> None:
-            save_model(result.gan.generator, folder, "generator")
-            save_model(result.gan.discriminator, folder, "discriminator")
+            for stem, module in components.items():
+                save_model(module, folder, stem)
             shutil.copyfile(onnx_path, folder / "generator.onnx")
 
         manifest = registry.create_version(
-            MODEL, write_files, metrics={"pretraining": pretraining, "onnx_parity": parity},
+            model, write_files, metrics={"pretraining": pretraining, "onnx_parity": parity},
             status="promoted", dataset=DATASET, classifier=CLASSIFIER,
         )
     domain = load_domain(registry, manifest, device=device)
-    quality = judge(result.gan.generator, domain, n=EVAL_SAMPLES, seed=0)
+    quality = judge(generator, domain, n=EVAL_SAMPLES, seed=0)
     manifest = registry.update(manifest.version, metrics={"quality": quality})
     registry.activate(manifest.version)
     return manifest

@@ -54,7 +54,7 @@ def cmd_redact(args: argparse.Namespace) -> int:
         outcome = run_redaction(
             spec, parent=args.from_version, uploads_dir=uploads, callbacks=callbacks,
             report_dir=report_root / spec.name, activate=not args.no_activate,
-            inception_weights=args.inception_weights,
+            inception_weights=args.inception_weights, model=args.model,
         )
     if args.json:
         _print_json(outcome.model_dump(mode="json"))
@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("redact", help="run a forget job offline (same code as the API)")
     p.add_argument("spec", help="forget specification, JSON or YAML")
-    p.add_argument("--from", dest="from_version", default=None, help="parent version (default: active)")
+    p.add_argument("--from", dest="from_version", default=None, help="parent version (default: the model's active)")
+    p.add_argument("--model", default=None, help="hosted generator, e.g. digits-vae (default: digits)")
     p.add_argument("--uploads", default=None, help="folder holding the spec's files (default: the spec's folder)")
     p.add_argument("--report", default=None, help="report root (default: $LETHE_HOME/reports)")
     p.add_argument("--no-activate", action="store_true", help="register but do not activate")

@@ -23,7 +23,7 @@ from unlearning.errors import LetheError, SpecError
 from unlearning.evaluation import Domain, forgotten_classes, judge, load_domain
 from unlearning.export import check_onnx_parity, export_generator_onnx
 from unlearning.methods import (
-    DATA_FREE_METHODS, GAN, Callbacks, MethodResult, choose_method, hyperparameters, run_method,
+    DATA_FREE_METHODS, GAN, Callbacks, MethodResult, check_fits_model, choose_method, hyperparameters, run_method,
 )
 from unlearning.marks import regenerate_marked
 from unlearning.metrics import FID, evaluate, latent_attack, min_share_ratio, redaction_score
@@ -73,11 +73,27 @@ def _stage(callbacks: Callbacks, stage: str, start: float, end: float):
     return Callbacks(progress=progress, cancelled=callbacks.cancelled)
 
 
-def resolve_parent(registry: Registry, parent: str | None, model: str = DEFAULT_MODEL) -> VersionManifest:
-    version = parent or registry.active(model)
+def _has_discriminator(manifest: VersionManifest) -> bool:
+    return "discriminator.safetensors" in manifest.files
+
+
+def _carried_files(manifest: VersionManifest) -> list[str]:
+    """Files of components no method edits (e.g. a VAE's encoder): copied into the new version."""
+    edited = ("generator.", "discriminator.")
+    return sorted(name for name in manifest.files
+                  if name.endswith((".safetensors", ".json")) and not name.startswith(edited))
+
+
+def resolve_parent(registry: Registry, parent: str | None, model: str | None = None) -> VersionManifest:
+    """``parent`` if given (it must belong to ``model`` when both are), else ``model``'s active
+    version (default model: digits)."""
+    version = parent or registry.active(model or DEFAULT_MODEL)
     if version is None:
-        raise SpecError(f"no active version of '{model}': run `lethe bootstrap` first or pass --from")
-    return registry.verify(version)
+        raise SpecError(f"no active version of '{model or DEFAULT_MODEL}': run `lethe bootstrap` first or pass --from")
+    manifest = registry.verify(version)
+    if model is not None and manifest.model != model:
+        raise SpecError(f"version {version!r} belongs to model {manifest.model!r}, not {model!r}")
+    return manifest
 
 
 def prepare_redaction_set(
@@ -126,6 +142,7 @@ def preflight(
     parent: str | None = None,
     uploads_dir: Path | None = None,
     device: torch.device | None = None,
+    model: str | None = None,
 ) -> tuple[ForgetSpec, str, VersionManifest]:
     """Refuse now what the job would refuse later: the spec, the method, the parent, every
     upload and classifier, and every check run once on a few of the parent's samples (an
@@ -133,7 +150,8 @@ def preflight(
     the method and the parent's manifest."""
     spec = load_spec(spec)
     method = choose_method(spec)
-    parent_manifest = resolve_parent(registry, parent)
+    parent_manifest = resolve_parent(registry, parent, model)
+    check_fits_model(method, _has_discriminator(parent_manifest), parent_manifest.model)
     domain = load_domain(registry, parent_manifest, device=device or torch.device("cpu"))
     omega = prepare_redaction_set(spec, registry, domain, uploads_dir, marks_from=parent_manifest.version)
     _require_judge_for_attack_gate(spec, omega)
@@ -231,6 +249,7 @@ def run_redaction(
     device: torch.device | None = None,
     activate: bool = True,
     inception_weights: Path | None = None,
+    model: str | None = None,
 ) -> JobOutcome:
     started = time.monotonic()
     spec = load_spec(spec)
@@ -240,14 +259,16 @@ def run_redaction(
 
     # Everything refusable is refused here, before any training.
     method = choose_method(spec)
-    parent_manifest = resolve_parent(registry, parent)
+    parent_manifest = resolve_parent(registry, parent, model)
+    check_fits_model(method, _has_discriminator(parent_manifest), parent_manifest.model)
     domain = load_domain(registry, parent_manifest, device=device, inception_weights=inception_weights)
     omega = prepare_redaction_set(spec, registry, domain, uploads_dir, marks_from=parent_manifest.version)
     _require_judge_for_attack_gate(spec, omega)
     # Select epochs at half the gate's limit: the monitor's 2,000 samples are noisy, and an
     # epoch chosen right at the limit fails the gate's fresh samples by chance.
     hp = hyperparameters(method, spec.hyperparameters, target_invalidity=SELECTION_MARGIN * spec.gates.max_invalidity)
-    gan = GAN(registry.load_generator(parent_manifest.version), registry.load_discriminator(parent_manifest.version))
+    gan = GAN(registry.load_generator(parent_manifest.version),
+              registry.load_discriminator(parent_manifest.version) if _has_discriminator(parent_manifest) else None)
     retained, omega_train = omega.training_split(domain.train.images.to(device))
     reference = domain.reference(retained)
 
@@ -276,7 +297,8 @@ def run_redaction(
         before["attack"], after["attack"], attack_images = attack_check(
             gan.generator, result.gan.generator, omega, device, _stage(validating, "attack", 0.8, 1.0).progress,
         )
-    result.stats["redaction_score"] = _mean_redaction_scores(gan, result.gan, retained, omega_train)
+    if gan.discriminator is not None and result.gan.discriminator is not None:
+        result.stats["redaction_score"] = _mean_redaction_scores(gan, result.gan, retained, omega_train)
     callbacks.check_cancelled()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -292,7 +314,10 @@ def run_redaction(
 
         def write_files(folder: Path) -> None:
             save_model(result.gan.generator, folder, "generator")
-            save_model(result.gan.discriminator, folder, "discriminator")
+            if result.gan.discriminator is not None:
+                save_model(result.gan.discriminator, folder, "discriminator")
+            for name in _carried_files(parent_manifest):  # e.g. a VAE's encoder, unchanged
+                shutil.copyfile(registry.file_path(parent_manifest.version, name), folder / name)
             shutil.copyfile(onnx_path, folder / "generator.onnx")
 
         manifest = registry.create_version(

@@ -1,5 +1,6 @@
-"""Training the models a redaction starts from: the label classifier and the base GAN
-(Kong & Chaudhuri App. D: the eq. 3 loss with a+ = 0.9, a- = 0.1, no Omega, K_G = 5)."""
+"""Training the models a redaction starts from: the label classifier, the base GAN
+(Kong & Chaudhuri App. D: the eq. 3 loss with a+ = 0.9, a- = 0.1, no Omega, K_G = 5) and
+the base VAE (the negative ELBO)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from unlearning.data.digits import LabelledImages
 from unlearning.methods.adversarial import AdversarialSettings, train_adversarial
 from unlearning.methods.base import GAN, Callbacks, MethodResult
 from unlearning.models import Classifier, ClassifierConfig, DCGANConfig, Discriminator, Generator
+from unlearning.models.vae import Decoder, Encoder, VAEConfig, negative_elbo
 
 PRETRAIN_SETTINGS = AdversarialSettings(
     epochs=200, alpha_pos=0.9, alpha_neg=0.1, lam=1.0, d_steps=1, g_steps=5, ema_decay=0.999
@@ -99,3 +101,38 @@ def pretrain_gan(
         gan, images, settings, callbacks=callbacks, device=device or torch.device("cpu")
     )
     return MethodResult(gan, history, stats)
+
+
+class VAETraining(BaseModel):
+    epochs: int = Field(300, ge=1)
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def train_vae(
+    images: torch.Tensor,
+    config: VAEConfig,
+    settings: VAETraining | None = None,
+    callbacks: Callbacks | None = None,
+    device: torch.device | None = None,
+) -> tuple[Decoder, Encoder, dict[str, float]]:
+    """The base VAE on ``images``; returns (decoder, encoder, {"final_loss": ...})."""
+    settings = settings or VAETraining()
+    callbacks = callbacks or Callbacks()
+    device = device or torch.device("cpu")
+    torch.manual_seed(settings.seed)
+    decoder, encoder = Decoder(config).to(device), Encoder(config).to(device)
+    optimiser = torch.optim.Adam([*decoder.parameters(), *encoder.parameters()], lr=settings.lr)
+    rng = torch.Generator().manual_seed(settings.seed)
+    images = images.to(device)
+    loss = torch.zeros(())
+    for epoch in range(settings.epochs):
+        callbacks.check_cancelled()
+        for batch in torch.randperm(len(images), generator=rng).split(settings.batch_size):
+            loss = negative_elbo(encoder, decoder, images[batch.to(device)])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        callbacks.progress((epoch + 1) / settings.epochs, {"epoch": epoch + 1, "loss": loss.item()})
+    return decoder.eval(), encoder.eval(), {"final_loss": loss.item()}

@@ -1,14 +1,21 @@
 """Unlearning methods: each a function (GAN, redaction set, data, hyperparameters,
 callbacks) -> MethodResult, and ``choose_method`` for ``method: auto``.
 
-| spec holds                      | auto picks        | paper                          |
-|---------------------------------|-------------------|--------------------------------|
-| a ``classifier`` set            | kong-classifier   | Kong & Chaudhuri Alg. 3, eq. 6 |
-| a ``validity`` set (no classif.)| kong-validity     | Kong & Chaudhuri Alg. 2        |
-| only ``data`` sets              | kong-data         | Kong & Chaudhuri Alg. 1        |
+``auto`` picks by what the spec holds, first match wins:
 
-Asked for by name only (no training data needed): ``adapt-then-unlearn`` (Tiwary et al.,
-Alg. 1-2, EWC adaptation then repulsion) and its baseline ``param-extrapolation``.
+| spec holds                        | auto picks        | why                                           |
+|-----------------------------------|-------------------|-----------------------------------------------|
+| a ``feedback`` set (marks)        | feedback          | Moon et al.: built for marks; no data, no D,  |
+|                                   |                   | so it also fits VAE decoders                  |
+| a ``classifier`` set              | kong-classifier   | Kong & Chaudhuri Alg. 3: the guided D (eq. 6) |
+|                                   |                   | uses the classifier's gradient                |
+| a ``validity`` set                | kong-validity     | Alg. 2: filters real and generated samples    |
+| only ``data`` sets                | kong-data         | Alg. 1: the uploads are the negatives         |
+
+Asked for by name: ``adapt-then-unlearn`` (Tiwary et al.: no training data at all, only
+generated samples split by the spec's checks or a person's marks) and its baseline
+``param-extrapolation``. Kong and Adapt-then-Unlearn train against the parent's
+discriminator, so a VAE parent takes ``feedback`` only (``check_fits_model``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,14 @@ METHODS: dict[str, tuple[type[BaseModel], Callable[..., MethodResult]]] = {
 NOT_YET = {"i2i-encoder"}
 USES_FEEDBACK_MARKS = {*adapt_then_unlearn.VARIANTS, "feedback"}
 DATA_FREE_METHODS = frozenset(USES_FEEDBACK_MARKS)  # they get no training images
+NEEDS_DISCRIMINATOR = {*kong.VARIANTS, *adapt_then_unlearn.VARIANTS}
+
+
+def check_fits_model(method: str, has_discriminator: bool, model: str) -> None:
+    """Adversarial methods need the parent's discriminator; a VAE decoder has none."""
+    if method in NEEDS_DISCRIMINATOR and not has_discriminator:
+        raise SpecError(f"method: '{method}' trains against the parent's discriminator, and model '{model}' "
+                        "has none (a VAE decoder): use method 'feedback'")
 
 
 def choose_method(spec: ForgetSpec) -> str:
@@ -79,4 +94,4 @@ def run_method(name: str, gan: GAN, omega, train_images, hp: BaseModel, **kwargs
     return METHODS[name][1](name, gan, omega, train_images, hp, **kwargs)
 
 
-__all__ = ["METHODS", "DATA_FREE_METHODS", "GAN", "Callbacks", "MethodResult", "choose_method", "hyperparameters", "run_method"]
+__all__ = ["METHODS", "DATA_FREE_METHODS", "check_fits_model", "GAN", "Callbacks", "MethodResult", "choose_method", "hyperparameters", "run_method"]

@@ -16,15 +16,18 @@ from unlearning.errors import CancelledError
 
 @dataclass
 class GAN:
+    """A generator and, for adversarial models, its discriminator (None for a VAE decoder)."""
+
     generator: nn.Module
-    discriminator: nn.Module
+    discriminator: nn.Module | None = None
 
     def copy(self) -> "GAN":
         return GAN(copy.deepcopy(self.generator), copy.deepcopy(self.discriminator))
 
     def to(self, device: torch.device) -> "GAN":
         self.generator.to(device)
-        self.discriminator.to(device)
+        if self.discriminator is not None:
+            self.discriminator.to(device)
         return self
 
 

@@ -13,13 +13,14 @@ discriminator, so it works for any decoder-style generator (GAN or VAE decoder).
 Departures, measured on the digits DCGAN (forget "leans left", marks on the top 10 % of
 1,024 samples by pixel slant):
 
-* The threshold. The paper puts t at the midpoint of the two groups' mean projections
-  (``boundary: 0.5``). Here the latent direction separates the feature weakly: even a
-  perfect g at the midpoint leaves 6.1 % of 10 % (1.6x), and the trained one 6.3 %. With
-  ``boundary: 0`` (t at the unmarked mean: every latent that leans further towards the
-  marked group than a typical unmarked one is moved) the share falls 10.1 % -> 0.94 %
-  (10.7x) while FID against the training data without the feature stays 6.9 -> 6.7.
-  Default 0; the paper's rule is one setting away.
+* The threshold is a setting. The paper puts t at the midpoint of the two groups' mean
+  projections (``boundary: 0.5``, the default). It works on the digits VAE (share
+  9.5 % -> 1.0 %, FID against the data without the feature 39.8 -> 36.5). The DCGAN's
+  latent direction separates the feature weakly: even a perfect g at the midpoint leaves
+  6.1 % of 10 % (1.6x), the trained one 6.3 %. With ``boundary: 0`` (t at the unmarked
+  mean: every latent leaning further towards the marked group than a typical unmarked
+  one is moved) the DCGAN's share falls 10.1 % -> 0.94 % (10.7x) while that FID stays
+  6.9 -> 6.7; on the VAE, 0 over-edits (a digit class nearly vanishes; the gates reject it).
 * On images too small for MS-SSIM's four downsamplings (digits are 8x8) the structural
   term is single-scale SSIM with a 3x3 window.
 Per-check selection (every ``check_every`` steps, the project's rule for every method):
@@ -57,8 +58,8 @@ class FeedbackHyperparameters(BaseModel):
     batch_size: int = Field(128, ge=2)
     check_every: int = Field(100, ge=1, description="steps between invalidity/quality checks")
     ssim_window: int = Field(3, ge=3, description="SSIM window on images too small for MS-SSIM (odd)")
-    boundary: float = Field(0.0, ge=0.0, le=1.0, description="t between the unmarked (0) and marked (1) mean "
-                            "projections; the paper: 0.5")
+    boundary: float = Field(0.5, ge=0.0, le=1.0, description="t between the unmarked (0) and marked (1) mean "
+                            "projections; the paper: 0.5 (the midpoint)")
     monitor_samples: int = Field(2000, ge=0)
     target_invalidity: float = Field(0.001, ge=0.0, le=1.0)
     patience: int | None = Field(None, ge=1, description="checks without improvement before stopping")
@@ -152,7 +153,7 @@ def redact(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        running += float(loss)
+        running += loss.item()
         if step % hp.check_every == 0 or step == hp.steps:
             check = (step - 1) // hp.check_every  # epoch_monitor counts from 0
             record = {"epoch": check + 1, "step": step, "loss": running / ((step - 1) % hp.check_every + 1)}

@@ -13,12 +13,15 @@ from torch import nn
 from unlearning.errors import LetheError
 from unlearning.models.classifier import Classifier, ClassifierConfig
 from unlearning.models.dcgan import DCGANConfig, Discriminator, Generator
+from unlearning.models.vae import Decoder, Encoder, VAEConfig
 
 # kind -> (class, config class). Later model families register themselves here.
 MODEL_KINDS: dict[str, tuple[type[nn.Module], type[BaseModel]]] = {
     Generator.kind: (Generator, DCGANConfig),
     Discriminator.kind: (Discriminator, DCGANConfig),
     Classifier.kind: (Classifier, ClassifierConfig),
+    Decoder.kind: (Decoder, VAEConfig),
+    Encoder.kind: (Encoder, VAEConfig),
 }
 
 
