@@ -39,7 +39,6 @@ import argparse
 import atexit
 import base64
 import json
-import math
 import os
 import platform
 import secrets

@@ -141,10 +141,11 @@ class AdminAPI:
             spec, method, parent_manifest = await anyio.to_thread.run_sync(
                 self._preflight, spec_bytes, parent, uploads, model
             )
-            from unlearning.spec import referenced_files, spec_hash
+            from unlearning.spec import referenced_files, retain_files, spec_hash
 
             if uploads is not None:
-                extra = sorted({p.name for p in uploads.iterdir()} - set(referenced_files(spec)) - _onnx_names(spec))
+                named = set(referenced_files(spec)) | set(retain_files(spec)) | _onnx_names(spec)
+                extra = sorted({p.name for p in uploads.iterdir()} - named)
                 if extra:
                     return error(400, f"uploaded file(s) {', '.join(extra)} are not referenced by the spec")
             job_uploads = None

@@ -8,7 +8,8 @@ hot-swapping ``ActiveGenerator``; everything else is library code. Run with
 from __future__ import annotations
 
 import base64
-import io
+import binascii
+import contextlib
 import logging
 import os
 import secrets
@@ -43,6 +44,10 @@ MAX_SEED = 2**63 - 1
 Count = Annotated[int, Field(ge=1, le=MAX_IMAGES, strict=True, description="images to generate, 1-1024")]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, strict=True, description="same seed + version = same images")]
 ModelName = Annotated[str | None, Field(max_length=64, description="hosted generator (GET /models); default: the service's")]
+I2IModelName = Annotated[str | None, Field(
+    max_length=64, description="hosted image-to-image model (GET /models); default: LETHE_INPAINTER_MODEL")]
+PngImages = Annotated[list[str], Field(
+    min_length=1, max_length=MAX_IMAGES, description="base64 PNGs of the model's size (8x8 grey for digits)")]
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -55,15 +60,20 @@ def _png(image: np.ndarray) -> bytes:
 
 def _models_view(registry: Registry, model: str) -> dict[str, Any]:
     versions = []
-    for m in registry.list_versions(model):
+    manifests = registry.list_versions(model)
+    for m in manifests:
         after = (m.metrics or {}).get("after") or {}
         versions.append({
             "version": m.version, "parent": m.parent, "status": m.status, "created_at": m.created_at,
             "spec": (m.spec or {}).get("name") if m.spec else None, "reason": m.reason,
-            "metrics": {k: after.get(k) for k in ("invalidity", "fid", "filtered_fid", "inception_score", "extractor")
+            "metrics": {k: after.get(k) for k in ("invalidity", "fid", "filtered_fid", "inception_score", "extractor",
+                                                  "forget", "retain")
                         if k in after} or (m.metrics or {}).get("quality") or None,
         })
-    return {"model": model, "active": registry.active(model), "versions": versions}
+    image_to_image = bool(manifests) and manifests[-1].image_to_image
+    return {"model": model, "kind": "image-to-image" if image_to_image else "generator",
+            "routes": ["/inpaint"] if image_to_image else ["/generate", "/grid"],
+            "active": registry.active(model), "versions": versions}
 
 
 def public_app(registry: Registry, model: str) -> Starlette:
@@ -128,30 +138,30 @@ class Lethe:
             active.stop()
         self.monitor.stop()
 
+    def _resolve(self, version: str | None, model: str | None, default: str) -> LoadedVersion:
+        with _client_errors():
+            if model is None:  # a named version says which model; else the route's default
+                model = self.registry.get(version).model if version else default
+            return self._active_for(model).resolve(version)
+
     def _sample(
         self, n: int, seed: int | None, version: str | None, model: str | None,
     ) -> tuple[LoadedVersion, int, np.ndarray]:
-        try:
-            if model is None:  # a named version says which model; else the service's default
-                model = self.registry.get(version).model if version else SETTINGS.model
-            loaded = self._active_for(model).resolve(version)
-        except NotServableError as exc:
-            raise bentoml.exceptions.InvalidArgument(str(exc)) from None
-        except NotFoundError as exc:
-            raise bentoml.exceptions.NotFound(str(exc)) from None
-        except LetheError as exc:
-            raise bentoml.exceptions.InvalidArgument(str(exc)) from None
+        loaded = self._resolve(version, model, SETTINGS.model)
+        with _client_errors():
+            generator = loaded.generator
         if seed is None:
             seed = secrets.randbelow(2**31)
-        images = loaded.generator.sample(n, seed)
+        images = generator.sample(n, seed)
         metrics().generated_images.labels(loaded.version).inc(n)
         self.monitor.offer(loaded.version, images)
         return loaded, seed, images
 
     @staticmethod
-    def _headers(ctx: bentoml.Context, loaded: LoadedVersion, seed: int) -> None:
+    def _headers(ctx: bentoml.Context, loaded: LoadedVersion, seed: int | None) -> None:
         ctx.response.headers["X-Lethe-Model-Version"] = loaded.version
-        ctx.response.headers["X-Lethe-Seed"] = str(seed)
+        if seed is not None:
+            ctx.response.headers["X-Lethe-Seed"] = str(seed)
         ctx.response.headers["X-Lethe-Worker"] = str(os.getpid())  # which worker answered
 
     @bentoml.api(route="/generate")
@@ -177,6 +187,44 @@ class Lethe:
         loaded, seed, images = self._sample(n, seed, version, model)
         self._headers(ctx, loaded, seed)
         return grid_image(torch.from_numpy(images))
+
+    @bentoml.api(route="/inpaint")
+    def inpaint(
+        self, ctx: bentoml.Context, images: PngImages, version: str | None = None, model: I2IModelName = None,
+    ) -> dict[str, Any]:
+        """Restore ``images`` with an image-to-image model: it erases its own degradation
+        (a fixed mask or the centre) and fills it in. Base64 PNGs in, base64 PNGs out."""
+        from unlearning.data.files import decode_pngs
+
+        loaded = self._resolve(version, model, SETTINGS.inpainter_model)
+        with _client_errors():
+            inpainter = loaded.inpainter
+            try:
+                blobs = [base64.b64decode(text, validate=True) for text in images]
+            except (binascii.Error, ValueError):
+                raise LetheError("images: every item must be a base64-encoded PNG") from None
+            pixels = decode_pngs(blobs, expected_shape=inpainter.image_shape, label="images")
+        restored = inpainter.restore(pixels.numpy())
+        metrics().generated_images.labels(loaded.version).inc(len(restored))
+        self._headers(ctx, loaded, None)
+        return {
+            "model": loaded.manifest.model, "model_version": loaded.version,
+            "images": [base64.b64encode(_png(img)).decode() for img in restored],
+        }
+
+
+@contextlib.contextmanager
+def _client_errors():
+    """Our errors as HTTP answers: an unknown model or version is 404, anything else the
+    caller can fix (a rejected version, the wrong route for a model, bad pixels) is 400."""
+    try:
+        yield
+    except NotServableError as exc:
+        raise bentoml.exceptions.InvalidArgument(str(exc)) from None
+    except NotFoundError as exc:
+        raise bentoml.exceptions.NotFound(str(exc)) from None
+    except LetheError as exc:
+        raise bentoml.exceptions.InvalidArgument(str(exc)) from None
 
 
 Lethe.add_asgi_middleware(BodySizeLimit, limit=SETTINGS.max_request_bytes, admin_limit=SETTINGS.max_upload_bytes)

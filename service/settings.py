@@ -23,6 +23,7 @@ def _env_float(name: str, default: float) -> float:
 class Settings(BaseModel):
     home: Path = Field(description="LETHE_HOME: registry, jobs, uploads, reports")
     model: str = Field("digits", description="the generator served when a request names none")
+    inpainter_model: str = Field("digits-inpainter", description="LETHE_INPAINTER_MODEL: /inpaint's default model")
     admin_token: str | None = Field(None, description="LETHE_ADMIN_TOKEN; admin routes answer 401 without it")
     max_upload_bytes: int = Field(description="LETHE_MAX_UPLOAD_MB: largest admin request body (413 above)")
     max_request_bytes: int = Field(description="largest sampling request body (413 above)")
@@ -42,6 +43,7 @@ class Settings(BaseModel):
         return cls(
             home=lethe_home(),
             model=os.environ.get("LETHE_MODEL", "digits"),
+            inpainter_model=os.environ.get("LETHE_INPAINTER_MODEL", "digits-inpainter"),
             admin_token=os.environ.get("LETHE_ADMIN_TOKEN") or None,
             max_upload_bytes=int(_env_float("LETHE_MAX_UPLOAD_MB", 64) * MIB),
             max_request_bytes=1 * MIB,

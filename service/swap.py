@@ -1,8 +1,8 @@
 """Hot-swap: each serving worker follows ``active/<model>.json`` on its own.
 
 A watcher thread reads the pointer every ``poll_s``. When it names another version, the
-thread verifies that version's files, builds its ONNX Runtime session and runs one warm-up
-batch, all off the request path, then replaces ``current`` in one assignment. A request
+thread verifies that version's files, builds its ONNX Runtime session (a generator's or an
+image-to-image model's) and runs one warm-up batch, all off the request path, then replaces ``current`` in one assignment. A request
 takes ``current`` once when it starts, so requests in flight finish on the session they
 started with. A version that cannot be loaded (corrupted, missing) is logged and the
 worker keeps serving what it has.
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from unlearning.errors import LetheError, NotFoundError
-from unlearning.export import OnnxGenerator
+from unlearning.export import OnnxGenerator, OnnxInpainter
 from unlearning.registry import Registry, VersionManifest
 
 log = logging.getLogger(__name__)
@@ -33,23 +33,36 @@ class NotServableError(LetheError):
 @dataclass(frozen=True)
 class LoadedVersion:
     manifest: VersionManifest
-    generator: OnnxGenerator
+    session: OnnxGenerator | OnnxInpainter
 
     @property
     def version(self) -> str:
         return self.manifest.version
 
+    @property
+    def generator(self) -> OnnxGenerator:
+        if not isinstance(self.session, OnnxGenerator):
+            raise NotServableError(f"model {self.manifest.model!r} is an image-to-image model: use POST /inpaint")
+        return self.session
+
+    @property
+    def inpainter(self) -> OnnxInpainter:
+        if not isinstance(self.session, OnnxInpainter):
+            raise NotServableError(f"model {self.manifest.model!r} is a generator: use /generate or /grid")
+        return self.session
+
 
 def load_version(registry: Registry, version: str, threads: int, *, active: bool = False) -> LoadedVersion:
-    """Verify ``generator.onnx`` against the manifest, build the session and warm it up.
-    A rejected version is only served when an operator forced it active."""
+    """Verify the version's ONNX file against the manifest, build the session and warm it
+    up. A rejected version is only served when an operator forced it active."""
     manifest = registry.get(version)
     if manifest.status == "rejected" and not active:
         raise NotServableError(f"version {version!r} was rejected by its gates and is never served")
-    path = registry.file_path(version, "generator.onnx")
-    generator = OnnxGenerator(path, intra_op_threads=threads)
-    generator.sample(WARMUP_BATCH, seed=0)
-    return LoadedVersion(manifest, generator)
+    path = registry.file_path(version, manifest.onnx_file)
+    runtime = OnnxInpainter if manifest.image_to_image else OnnxGenerator
+    session = runtime(path, intra_op_threads=threads)
+    session.warm_up(WARMUP_BATCH)
+    return LoadedVersion(manifest, session)
 
 
 class ActiveGenerator:

@@ -3,10 +3,12 @@
 ``base_home`` is the embedded default exactly as `lethe bootstrap` builds it (full
 pre-training: a few minutes on 2 cores); ``quick_home`` is a 2-epoch bootstrap for tests
 of error paths that need a registry but not a good model. Tests that change state work
-on a copy (``base_copy`` / ``quick_copy``)."""
+on a copy (``base_copy`` / ``quick_copy``). A developer may set ``LETHE_TEST_BASE_HOME`` to
+a home `lethe bootstrap` already built: it is copied, and bootstrap adds what it lacks."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -19,15 +21,17 @@ from unlearning.registry import Registry
 torch.set_num_threads(2)
 
 
-def _bootstrapped(root: Path, epochs: int | None) -> Path:
+def _bootstrapped(root: Path, epochs: int | None, reuse: str | None = None) -> Path:
     home = root / "home"
+    if reuse:
+        shutil.copytree(reuse, home)
     bootstrap(Registry(home), epochs=epochs, show_progress=False)
     return home
 
 
 @pytest.fixture(scope="session")
 def base_home(tmp_path_factory) -> Path:
-    return _bootstrapped(tmp_path_factory.mktemp("base"), None)
+    return _bootstrapped(tmp_path_factory.mktemp("base"), None, os.environ.get("LETHE_TEST_BASE_HOME"))
 
 
 @pytest.fixture(scope="session")

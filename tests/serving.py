@@ -91,6 +91,19 @@ class LetheServer:
         data = reply.json()
         return data["model_version"], decode(data["images"]), data["images"]
 
+    def inpaint(self, images: torch.Tensor | list[str], **body: Any) -> httpx.Response:
+        """POST /inpaint with ``images`` ((N, C, H, W) in [-1, 1], sent as PNGs, or base64 strings)."""
+        if isinstance(images, torch.Tensor):
+            from unlearning.data.files import png_bytes
+
+            images = [base64.b64encode(png_bytes(image)).decode() for image in images]
+        return self.client.post("/inpaint", json={"images": images, **body})
+
+    def restored(self, images: torch.Tensor, **body: Any) -> tuple[str, torch.Tensor]:
+        reply = self.inpaint(images, **body)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["model_version"], decode(reply.json()["images"])
+
     def wait_serving(self, version: str, timeout: float = 5.0, model: str | None = None) -> float:
         """Seconds until a request (for ``model``, default the service's) is answered by ``version``."""
         start = time.monotonic()

@@ -56,16 +56,19 @@ def active_of(listing: list[dict], model: str = "digits") -> list[str]:
 
 
 def test_models_lists_the_bootstrap_versions_as_active(quick_copy):
-    """Bootstrap hosts two generators: the DCGAN (digits) and the VAE (digits-vae)."""
+    """Bootstrap hosts two generators, the DCGAN (digits) and the VAE (digits-vae), and an
+    image-to-image model (digits-inpainter)."""
     done = lethe(quick_copy, "models")
     assert done.returncode == 0, done.stderr
     lines = sorted(done.stdout.splitlines())
-    assert len(lines) == 2, done.stdout
-    assert lines[0].startswith(f"* {BASE} ") and "promoted" in lines[0] and "spec=base" in lines[0]
-    assert lines[1].startswith("* digits-vae-v1 ") and "promoted" in lines[1]
+    assert len(lines) == 3, done.stdout
+    assert lines[0].startswith("* digits-inpainter-v1 ") and "restoration_fid=" in lines[0]
+    assert lines[1].startswith(f"* {BASE} ") and "promoted" in lines[1] and "spec=base" in lines[1]
+    assert lines[2].startswith("* digits-vae-v1 ") and "promoted" in lines[2]
 
     listing = {v["version"]: v for v in models_json(quick_copy)}
-    assert sorted(listing) == [BASE, "digits-vae-v1"]
+    assert sorted(listing) == ["digits-inpainter-v1", BASE, "digits-vae-v1"]
+    assert set(listing["digits-inpainter-v1"]["files"]) >= {"inpainter.safetensors", "inpainter.onnx"}
     assert all(v["active"] is True and v["status"] == "promoted" and v["parent"] is None for v in listing.values())
     assert listing[BASE]["model"] == "digits" and listing["digits-vae-v1"]["model"] == "digits-vae"
     assert set(listing[BASE]["files"]) >= {"generator.safetensors", "generator.onnx", "discriminator.safetensors"}

@@ -68,7 +68,7 @@ def test_parity_error_for_onnx_of_another_generator(tmp_path):
     config = DCGANConfig()
     path = export_generator_onnx(_generator(config, seed=0), tmp_path / "a.onnx")
     other = _generator(config, seed=1)
-    with pytest.raises(ParityError, match="differs from the PyTorch generator"):
+    with pytest.raises(ParityError, match="differs from the PyTorch model"):
         check_onnx_parity(other, path)
     assert issubclass(ParityError, LetheError)
 

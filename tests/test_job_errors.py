@@ -24,6 +24,7 @@ from unlearning.jobs import run_redaction
 from unlearning.registry import Registry
 
 BASE = "digits-v1"  # what bootstrap registers and activates
+INPAINTER = "digits-inpainter"
 ZERO_SCORE = {"kind": "classifier", "classifier": "digits",
               "score": {"type": "one_minus_prob", "label": 0}, "tau": 0.5}
 
@@ -108,7 +109,23 @@ CASES = {
     "feedback-set-for-kong": (spec(method="kong-validity", sets=[{"kind": "feedback", "marked": {
                               "seed": 7, "n": 64, "indices": [3, 9]}}]),
                               {}, None, SpecError, ["feedback", "kong-validity", "adapt-then-unlearn"]),
-    "method-i2i": (spec(method="i2i-encoder"), {}, None, SpecError, ["'i2i-encoder'", "not available"]),
+    "i2i-method-on-a-generator": (spec(method="i2i-encoder"), {}, None, SpecError,
+                                  ["'i2i-encoder'", "image-to-image", "'digits' is a generator"]),
+    "generator-method-on-the-inpainter": (spec(method="kong-classifier"), {"model": INPAINTER}, None, SpecError,
+                                          ["'kong-classifier'", f"'{INPAINTER}'", "i2i-encoder"]),
+    "marks-for-the-inpainter": (spec(sets=[{"kind": "feedback", "marked": {"seed": 7, "n": 64, "indices": [3]}}]),
+                                {"model": INPAINTER}, None, SpecError, ["marks", INPAINTER, "validity"]),
+    "retain-file-not-uploaded": (spec(hyperparameters={"retain_files": ["kept.npz"]}), {"model": INPAINTER}, None,
+                                 SpecError, ["retain_files", "'kept.npz'", "not uploaded"]),
+    "retain-file-of-16x16": (spec(hyperparameters={"retain_files": ["sixteen.npz"]}), {"model": INPAINTER}, None,
+                             InputDataError, ["sixteen.npz", "16x16", "8x8"]),
+    "retain-file-with-a-path": (spec(hyperparameters={"retain_files": ["../secret.npz"]}), {"model": INPAINTER}, None,
+                                SpecError, ["hyperparameters.retain_files", "plain file name"]),
+    "i2i-hyperparameter-typo": (spec(hyperparameters={"alhpa": 0.5}), {"model": INPAINTER}, None, SpecError,
+                                ["hyperparameters.alhpa", "alpha"]),
+    "nothing-to-forget-for-the-inpainter": (
+        spec(sets=[{"kind": "validity", "rule": {"type": "boundary", "margin": 1, "max_sum": 1e9}}]),
+        {"model": INPAINTER}, None, SpecError, ["nothing to forget"]),
     "feedback-all-marked": (spec(method="adapt-then-unlearn",
                                  sets=[{"kind": "feedback", "marked": {"seed": 7, "n": 3, "indices": [0, 1, 2]}}]),
                             {}, None, SpecError, ["feedback sets", "both marked and unmarked"]),
@@ -132,7 +149,7 @@ def test_bad_input_is_refused_by_name_and_changes_nothing(case, quick_copy, uplo
     assert "Traceback" not in message and len(message) < 600
     assert snapshot(quick_copy) == before
     assert Registry(quick_copy).active("digits") == BASE
-    assert sorted(p.name for p in (quick_copy / "versions").iterdir()) == [BASE, "digits-vae-v1"]
+    assert sorted(p.name for p in (quick_copy / "versions").iterdir()) == ["digits-inpainter-v1", BASE, "digits-vae-v1"]
 
 
 def _sha256(path: Path) -> str:
@@ -152,7 +169,7 @@ def test_a_job_stores_one_complete_version_and_strict_gates_reject_it(quick_copy
 
     # exactly one new, complete version folder, and nothing else touched
     versions = sorted(p.name for p in (quick_copy / "versions").iterdir())
-    assert versions == [BASE, "digits-v2", "digits-vae-v1"] and outcome.version == "digits-v2"
+    assert versions == ["digits-inpainter-v1", BASE, "digits-v2", "digits-vae-v1"] and outcome.version == "digits-v2"
     after = snapshot(quick_copy)
     assert {k: v for k, v in after.items() if k in before} == before
     new_files = set(after) - set(before)

@@ -80,11 +80,16 @@ def test_auto_picks_by_kind(kinds, expected):
     assert choose_method(load_spec({"name": "x", "sets": [sets[k] for k in kinds]})) == expected
 
 
-def test_methods_of_later_papers_are_refused_by_name():
-    spec = load_spec({"name": "x", "method": "i2i-encoder", "sets": [{"kind": "validity", "rule": {
-        "type": "boundary", "margin": 1, "max_sum": 4.0}}]})
-    with pytest.raises(SpecError, match="i2i-encoder"):
-        choose_method(spec)
+def test_image_to_image_and_generator_methods_do_not_mix():
+    sets = [{"kind": "validity", "rule": {"type": "boundary", "margin": 1, "max_sum": 4.0}}]
+    with pytest.raises(SpecError, match="'i2i-encoder' edits image-to-image models, and 'digits' is a generator"):
+        choose_method(load_spec({"name": "x", "method": "i2i-encoder", "sets": sets}), model="digits")
+    with pytest.raises(SpecError, match="'kong-validity' edits generators"):
+        choose_method(load_spec({"name": "x", "method": "kong-validity", "sets": sets}), image_to_image=True)
+    with pytest.raises(SpecError, match="marks on generated samples"):
+        choose_method(load_spec({"name": "x", "sets": [{"kind": "feedback", "marked": {"seed": 1, "n": 4, "indices": [0]}}]}),
+                      image_to_image=True)
+    assert choose_method(load_spec({"name": "x", "sets": sets}), image_to_image=True) == "i2i-encoder"
 
 
 def _tiny_gan(seed: int) -> GAN:

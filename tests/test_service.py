@@ -268,3 +268,78 @@ def test_several_models_are_hosted(server, promoted):
                                  content=__import__("json").dumps(FORGET_ZERO),
                                  headers={**server.auth, "Content-Type": "application/json"})
     assert refused.status_code == 400 and "discriminator" in refused.text and "feedback" in refused.text
+
+
+def test_image_to_image_unlearning_over_http(server, promoted, classifier):
+    """Li et al. through the admin API on the hosted inpainter, with no retain data (the
+    proxy set): promoted, hot-swapped; /inpaint's restorations of zeros move far from the
+    parent's while those of the other digits stay; the report shows both sets."""
+    import json
+
+    from unlearning.data import digits_splits
+
+    listed = {m["model"]: m for m in server.client.get("/models").json()["models"]}
+    inpainter = listed["digits-inpainter"]
+    assert inpainter["kind"] == "image-to-image" and inpainter["routes"] == ["/inpaint"]
+    base = inpainter["active"]
+    _, held_out = digits_splits()
+    zeros, others = held_out.images[held_out.labels == 0], held_out.images[held_out.labels != 0]
+    version, zeros_before = server.restored(zeros)
+    assert version == base and zeros_before.shape == zeros.shape
+    _, others_before = server.restored(others)
+
+    spec = {"name": "inpaint-no-zero", "sets": [{"kind": "validity", "rule": {
+        "type": "classifier_label", "classifier": "digits", "labels": [0]}}], "hyperparameters": {"retain": "proxy"}}
+    reply = server.client.post("/admin/redactions?model=digits-inpainter", content=json.dumps(spec),
+                               headers={**server.auth, "Content-Type": "application/json"})
+    assert reply.status_code == 202, reply.text
+    assert reply.json()["method"] == "i2i-encoder" and reply.json()["parent"] == base
+    job = server.wait_job(reply.json()["job_id"])
+    assert job["state"] == "promoted", (job["reason"], server.log()[-3000:])
+    gates = {g["name"]: g for g in job["metrics"]["gates"]}
+    assert gates["retain_fid_ratio"]["value"] <= 1.2 and gates["forget_fid_ratio"]["value"] >= 3
+    deadline = time.monotonic() + 5
+    while server.restored(zeros[:1])[0] != job["version"]:
+        assert time.monotonic() < deadline, "the new inpainter was not served within 5 s"
+        time.sleep(0.05)
+
+    _, zeros_after = server.restored(zeros)
+    _, others_after = server.restored(others)
+    moved_zeros = float((zeros_after - zeros_before).abs().mean())
+    moved_others = float((others_after - others_before).abs().mean())
+    assert moved_zeros > 5 * moved_others, (moved_zeros, moved_others)
+    with torch.no_grad():
+        kept = float((classifier(others_after).argmax(1) == classifier(others_before).argmax(1)).float().mean())
+        zeros_kept = float((classifier(zeros_after).argmax(1) == 0).float().mean())
+    assert kept >= 0.95 and zeros_kept < 0.8, (kept, zeros_kept)
+    # a pinned version still answers as it did
+    assert torch.equal(server.restored(zeros, version=base)[1], zeros_before)
+    report = server.client.get(f"/admin/redactions/{job['id']}/report", headers=server.auth)
+    assert report.status_code == 200 and "forget inputs" in report.text and "data:image/png;base64" in report.text
+
+
+def test_inpaint_refuses_bad_input(server, promoted):
+    from unlearning.data import digits_splits
+
+    digit = digits_splits()[1].images[:1]
+    cases = [
+        (server.inpaint(["not base64!"]), 400, "base64"),
+        (server.inpaint([base64_png(torch.zeros(1, 16, 16))]), 400, "16x16 pixels; this model makes 8x8"),
+        (server.inpaint([]), 400, "images"),
+        (server.inpaint(digit, model="digits"), 400, "is a generator"),
+        (server.inpaint(digit, model="nope"), 404, "digits-inpainter"),
+        (server.generate(n=1, model="digits-inpainter"), 400, "image-to-image"),
+        (server.inpaint(digit, version="digits-v1"), 400, "'digits' is a generator"),
+        (server.inpaint(digit, version="digits-v1", model="digits-inpainter"), 404, "belongs to"),
+    ]
+    for reply, status, words in cases:
+        assert reply.status_code == status and words in reply.text, (status, words, reply.status_code, reply.text)
+        assert "Traceback" not in reply.text
+
+
+def base64_png(image: torch.Tensor) -> str:
+    import base64
+
+    from unlearning.data.files import png_bytes
+
+    return base64.b64encode(png_bytes(image)).decode()

@@ -1,7 +1,8 @@
 """``lethe bootstrap``: the embedded default, built from data that ships with the
 dependencies (scikit-learn's digits). Trains the digit classifier, the base DCGAN
-(model ``digits``) and the base VAE (model ``digits-vae``, its decoder is the generator),
-registers them and makes each base generator active. Idempotent: what exists is kept."""
+(model ``digits``), the base VAE (model ``digits-vae``, its decoder is the generator) and
+an inpainter (model ``digits-inpainter``, image-to-image, served at ``POST /inpaint``),
+registers them and makes each base version active. Idempotent: what exists is kept."""
 
 from __future__ import annotations
 
@@ -14,19 +15,23 @@ from typing import Any
 import torch
 
 from unlearning.data import DIGIT_LABELS, digits_splits
-from unlearning.evaluation import judge, load_domain
-from unlearning.export import check_onnx_parity, export_generator_onnx
+from unlearning.evaluation import judge, judge_inpainter, load_domain
+from unlearning.export import check_inpainter_parity, check_onnx_parity, export_generator_onnx, export_inpainter_onnx
 from unlearning.methods.adversarial import AdversarialSettings
 from unlearning.models import ClassifierConfig, DCGANConfig
 from unlearning.models.io import save_model
+from unlearning.models.inpainter import InpainterConfig
 from unlearning.models.vae import VAEConfig
-from unlearning.pretrain import PRETRAIN_SETTINGS, VAETraining, pretrain_gan, train_classifier, train_vae
+from unlearning.pretrain import (
+    PRETRAIN_SETTINGS, InpainterTraining, VAETraining, pretrain_gan, train_classifier, train_inpainter, train_vae,
+)
 from unlearning.progress import progress_bar
 from unlearning.registry import Registry
 from unlearning.runtime import pick_device
 
 MODEL = "digits"
 VAE_MODEL = "digits-vae"
+INPAINTER_MODEL = "digits-inpainter"
 CLASSIFIER = "digits"
 DATASET = "digits"
 MIN_HELD_OUT_ACCURACY = 0.97
@@ -76,10 +81,20 @@ def bootstrap(
                        "device": str(device), "settings": vae_settings.model_dump(), **stats}
         manifest = _register(registry, VAE_MODEL, {"generator": decoder, "encoder": encoder}, pretraining, device)
         summary["built"].append(f"generator {manifest.version}")
+    if registry.active(INPAINTER_MODEL) is None:
+        settings = InpainterTraining(seed=seed) if epochs is None else InpainterTraining(seed=seed, epochs=epochs)
+        started = time.monotonic()
+        with progress_bar(f"inpainter ({settings.epochs} epochs)", show_progress) as callbacks:
+            inpainter, stats = train_inpainter(train.images, InpainterConfig(resolution=8, channels=1), settings,
+                                               callbacks=callbacks, device=device)
+        pretraining = {"epochs": settings.epochs, "wall_time_s": time.monotonic() - started,
+                       "device": str(device), "settings": settings.model_dump(), **stats}
+        manifest = _register_inpainter(registry, inpainter, pretraining, held_out.images, device)
+        summary["built"].append(f"image-to-image {manifest.version}")
     version = registry.active(MODEL)
     summary["active"] = version
     summary["generator"] = registry.get(version).metrics
-    summary["models"] = {name: registry.active(name) for name in (MODEL, VAE_MODEL)}
+    summary["models"] = {name: registry.active(name) for name in (MODEL, VAE_MODEL, INPAINTER_MODEL)}
     return summary
 
 
@@ -112,6 +127,28 @@ def _register(registry: Registry, model: str, components: dict[str, torch.nn.Mod
         )
     domain = load_domain(registry, manifest, device=device)
     quality = judge(generator, domain, n=EVAL_SAMPLES, seed=0)
+    manifest = registry.update(manifest.version, metrics={"quality": quality})
+    registry.activate(manifest.version)
+    return manifest
+
+
+def _register_inpainter(registry: Registry, inpainter, pretraining: dict[str, Any], held_out: torch.Tensor, device):
+    """Register the base inpainter (weights, ONNX of x -> h(T(x)), parity, restoration quality
+    on the held-out digits) and activate it."""
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx_path = export_inpainter_onnx(inpainter, Path(scratch) / "inpainter.onnx")
+        parity = check_inpainter_parity(inpainter, onnx_path, held_out)
+
+        def write_files(folder: Path) -> None:
+            save_model(inpainter, folder, "inpainter")
+            shutil.copyfile(onnx_path, folder / "inpainter.onnx")
+
+        manifest = registry.create_version(
+            INPAINTER_MODEL, write_files, metrics={"pretraining": pretraining, "onnx_parity": parity},
+            status="promoted", dataset=DATASET, classifier=CLASSIFIER,
+        )
+    domain = load_domain(registry, manifest, device=device)
+    quality = judge_inpainter(inpainter, domain, {"held_out": held_out})
     manifest = registry.update(manifest.version, metrics={"quality": quality})
     registry.activate(manifest.version)
     return manifest

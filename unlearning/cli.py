@@ -62,9 +62,16 @@ def cmd_redact(args: argparse.Namespace) -> int:
     print(f"{outcome.version} ({outcome.method}, from {outcome.parent}): {outcome.status.upper()}"
           f"{' and active' if outcome.activated else ''} in {outcome.duration_s:.1f} s")
     print(f"{'':16}{'before':>12}{'after':>12}")
-    for key in ("invalidity", "fid", "filtered_fid", "inception_score"):
-        print(f"{key:16}{_fmt(outcome.before.get(key)):>12}{_fmt(outcome.after.get(key)):>12}")
-    print(f"(FID extractor: {outcome.after['extractor']}, {outcome.after['samples']} samples)")
+    if "retain" in outcome.after:  # an image-to-image model: quality per input set
+        for name in ("forget", "retain"):
+            for key in ("fid", "l1", "invalidity"):
+                label = f"{name} {key}"
+                print(f"{label:16}{_fmt(outcome.before[name].get(key)):>12}{_fmt(outcome.after[name].get(key)):>12}")
+        print(f"(restorations against the real inputs; FID extractor: {outcome.after['extractor']})")
+    else:
+        for key in ("invalidity", "fid", "filtered_fid", "inception_score"):
+            print(f"{key:16}{_fmt(outcome.before.get(key)):>12}{_fmt(outcome.after.get(key)):>12}")
+        print(f"(FID extractor: {outcome.after['extractor']}, {outcome.after['samples']} samples)")
     for gate in outcome.gates:
         print(f"gate {gate.name:14} {'pass' if gate.passed else 'FAIL'}  {_fmt(gate.value)} (limit {_fmt(gate.limit)})")
     if outcome.reason:
@@ -91,6 +98,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         # marks in a spec were made on the samples of the version's parent
         omega = prepare_redaction_set(load_spec(spec_path), registry, domain, uploads,
                                       marks_from=manifest.parent or manifest.version)
+    if manifest.image_to_image:
+        return _eval_inpainter(args, registry, domain, omega)
     generator = registry.load_generator(args.version).to(device)
     result = judge(generator, domain, n=args.samples, seed=args.seed, omega=omega, filtered=omega is not None)
     result["version"] = args.version
@@ -113,6 +122,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_inpainter(args: argparse.Namespace, registry, domain, omega) -> int:
+    """An image-to-image version: restoration quality on the held-out digits, split into
+    forget and retain inputs when a spec is given."""
+    from unlearning.evaluation import judge_inpainter
+    from unlearning.jobs_i2i import forget_mask
+
+    held_out = domain.held_out.images.to(domain.device)
+    if omega is None:
+        inputs = {"held_out": held_out}
+    else:
+        mask = forget_mask(omega, held_out)
+        inputs = {"forget": held_out[mask], "retain": held_out[~mask]}
+    result = judge_inpainter(registry.load_inpainter(args.version), domain, inputs, omega)
+    result["version"] = args.version
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"{args.version} (image-to-image; restorations against the real inputs, extractor {result['extractor']})")
+    for name in inputs:
+        r = result[name]
+        print(f"{name:10} images {r['images']:5}  fid {_fmt(r['fid'])}  l1 {_fmt(r['l1'])}"
+              + (f"  invalidity {_fmt(r['invalidity'])}" if "invalidity" in r else ""))
+    return 0
+
+
+def _headline(metrics: dict) -> str:
+    """The numbers `lethe models` shows for a version: a generator's, or an inpainter's per set."""
+    if "retain" in metrics:
+        return f"retain_fid={_fmt(metrics['retain'].get('fid'))} forget_fid={_fmt(metrics['forget'].get('fid'))}"
+    if "held_out" in metrics:
+        return f"restoration_fid={_fmt(metrics['held_out'].get('fid'))}"
+    return f"invalidity={_fmt(metrics.get('invalidity'))} fid={_fmt(metrics.get('fid'))}"
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from unlearning.registry import Registry
 
@@ -129,8 +172,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         after = v.metrics.get("after") or v.metrics.get("quality") or {}
         marker = "*" if v.version in active else " "
         name = (v.spec or {}).get("name", "base")
-        print(f"{marker} {v.version:14} {v.status:9} parent={_fmt(v.parent):12} spec={name:18} "
-              f"invalidity={_fmt(after.get('invalidity'))} fid={_fmt(after.get('fid'))}")
+        print(f"{marker} {v.version:14} {v.status:9} parent={_fmt(v.parent):12} spec={name:18} {_headline(after)}")
     return 0
 
 
@@ -168,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("redact", help="run a forget job offline (same code as the API)")
     p.add_argument("spec", help="forget specification, JSON or YAML")
     p.add_argument("--from", dest="from_version", default=None, help="parent version (default: the model's active)")
-    p.add_argument("--model", default=None, help="hosted generator, e.g. digits-vae (default: digits)")
+    p.add_argument("--model", default=None, help="hosted model, e.g. digits-vae or digits-inpainter (default: digits)")
     p.add_argument("--uploads", default=None, help="folder holding the spec's files (default: the spec's folder)")
     p.add_argument("--report", default=None, help="report root (default: $LETHE_HOME/reports)")
     p.add_argument("--no-activate", action="store_true", help="register but do not activate")

@@ -135,3 +135,25 @@ def forgotten_classes(parent: dict[str, Any], share_of_class_in_omega: float = 0
     counts = [round(s * parent["samples"]) for s in parent["class_shares"]]
     omega_counts = parent.get("omega_class_counts") or [0] * len(counts)
     return {k for k, (c, o) in enumerate(zip(counts, omega_counts)) if c and o / c >= share_of_class_in_omega}
+
+
+@torch.no_grad()
+def judge_inpainter(
+    inpainter: nn.Module, domain: Domain, inputs: dict[str, torch.Tensor], omega: RedactionSet | None = None,
+) -> dict[str, Any]:
+    """An image-to-image model on named input sets (Li et al. judge retain and forget
+    separately): per set, the FID of the restorations h(T(x)) against the real x, their mean
+    absolute error, and with a judging ``omega`` the share of restorations it calls invalid."""
+    inpainter = inpainter.to(domain.device).eval()
+    out: dict[str, Any] = {"extractor": domain.extractor_name}
+    for name, images in inputs.items():
+        images = images.to(domain.device)
+        restored = torch.cat([inpainter.restore(part) for part in images.split(512)])
+        fid = FID(domain.extractor, domain.reference(images), domain.extractor_name)
+        fid.update(restored)
+        result: dict[str, Any] = {"images": len(images), "fid": fid.compute()["fid"],
+                                  "l1": float((restored - images).abs().mean())}
+        if omega is not None and omega.has_judge:
+            result["invalidity"] = float(omega.in_omega(restored).float().mean())
+        out[name] = result
+    return out

@@ -1,8 +1,11 @@
-"""ONNX export of generators, a parity check against PyTorch, and an ONNX Runtime sampler.
+"""ONNX export of generators and image-to-image models, parity checks against PyTorch,
+and their ONNX Runtime sessions.
 
-The exported graph has one input ``z`` (float32, ``[batch, latent_dim]``, batch dynamic) and
-one output ``images`` (float32 in [-1, 1], NCHW). ``OnnxGenerator.sample(n, seed)`` draws the
-same latents as ``runtime.latents`` so it reproduces the PyTorch samples for that seed.
+A generator's graph has one input ``z`` (float32, ``[batch, latent_dim]``, batch dynamic)
+and one output ``images`` (float32 in [-1, 1], NCHW). ``OnnxGenerator.sample(n, seed)``
+draws the same latents as ``runtime.latents`` so it reproduces the PyTorch samples for that
+seed. An inpainter's graph maps ``images`` (NCHW in [-1, 1]) to ``restored``: the
+degradation T is inside the graph, so the service only forwards pixels.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unlearning.models.inpainter import Inpainter, Restorer
 from unlearning.models.subpixel import with_subpixel_convolutions
 from unlearning.errors import LetheError
 from unlearning.runtime import latents
@@ -26,6 +30,8 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "z"
 OUTPUT_NAME = "images"
+I2I_INPUT_NAME = "images"
+I2I_OUTPUT_NAME = "restored"
 
 
 class ParityError(LetheError):
@@ -49,76 +55,89 @@ def _cpu_eval_copy(generator: nn.Module) -> nn.Module:
     return model
 
 
-def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int, names: tuple[str, str]) -> None:
     torch.onnx.export(
         model,
         (example,),
         str(path),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        input_names=[names[0]],
+        output_names=[names[1]],
         opset_version=opset,
         dynamo=True,
         external_data=False,  # one self-contained file (one checksum in the registry)
-        dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1)}},
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),  # by position: any argument name
         verbose=False,
     )
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int, names: tuple[str, str]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
             (example,),
             str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            input_names=[names[0]],
+            output_names=[names[1]],
             opset_version=opset,
             dynamo=False,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={names[0]: {0: "batch"}, names[1]: {0: "batch"}},
         )
 
 
-def _check_graph(path: Path, latent_dim: int) -> None:
-    """The file is valid ONNX with input z [batch, latent_dim] (batch symbolic), output images."""
+def _export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, names: tuple[str, str], check) -> Path:
+    """Export with the torch.export-based exporter (dynamic batch), falling back to the
+    TorchScript exporter if that fails; ``check(file)`` validates the graph. Written under a
+    temporary name and moved into place, so ``path`` is either absent or complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
+    try:
+        try:
+            _export_dynamo(model, example, tmp, opset, names)
+            check(tmp)
+        except Exception as exc:  # the exporter raises many kinds; the fallback decides
+            log.warning("dynamo ONNX export failed (%s); using the TorchScript exporter", exc)
+            tmp.unlink(missing_ok=True)
+            _export_torchscript(model, example, tmp, opset, names)
+            check(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _check_graph(path: Path, names: tuple[str, str], shape: tuple[int, ...]) -> None:
+    """The file is valid ONNX with one input ``names[0]`` of ``[batch, *shape]`` (batch
+    symbolic) and one output ``names[1]``."""
     import onnx
 
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in proto.graph.output] != [OUTPUT_NAME]:
+    if [i.name for i in inputs] != [names[0]] or [o.name for o in proto.graph.output] != [names[1]]:
         raise LetheError(f"{path}: exported graph has unexpected inputs/outputs")
     dims = inputs[0].type.tensor_type.shape.dim
-    if len(dims) != 2 or not dims[0].dim_param or dims[1].dim_value != latent_dim:
-        raise LetheError(f"{path}: exported input is not [batch, {latent_dim}] with a dynamic batch")
+    if len(dims) != 1 + len(shape) or not dims[0].dim_param or tuple(d.dim_value for d in dims[1:]) != shape:
+        raise LetheError(f"{path}: exported input is not [batch, {', '.join(map(str, shape))}] with a dynamic batch")
 
 
 def export_generator_onnx(generator: nn.Module, path: Path, *, opset: int = 18) -> Path:
-    """Export ``generator`` (on CPU, in eval mode, as a copy) to ``path``; return ``path``.
-
-    Uses the torch.export-based exporter with a dynamic batch axis, falling back to the
-    TorchScript exporter if that fails. The file is written under a temporary name and
-    moved into place, so ``path`` is either absent or complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Export ``generator`` (on CPU, in eval mode, as a copy) to ``path``; return ``path``."""
     # same function, faster graph: ONNX Runtime's ConvTranspose is its slowest kernel here
     model = with_subpixel_convolutions(_cpu_eval_copy(generator)).eval()
     latent_dim = _latent_dim(model)
     example = torch.zeros(2, latent_dim)  # batch 2: keeps the exporter from specialising on 1
-    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
-    try:
-        try:
-            _export_dynamo(model, example, tmp, opset)
-            _check_graph(tmp, latent_dim)
-        except Exception as exc:  # the exporter raises many kinds; the fallback decides
-            log.warning("dynamo ONNX export failed (%s); using the TorchScript exporter", exc)
-            tmp.unlink(missing_ok=True)
-            _export_torchscript(model, example, tmp, opset)
-            _check_graph(tmp, latent_dim)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    names = (INPUT_NAME, OUTPUT_NAME)
+    return _export(model, example, path, opset, names, lambda f: _check_graph(f, names, (latent_dim,)))
+
+
+def export_inpainter_onnx(inpainter: Inpainter, path: Path, *, opset: int = 18) -> Path:
+    """Export x -> h(T(x)) of ``inpainter`` (a CPU eval copy) to ``path``; return ``path``."""
+    model = Restorer(_cpu_eval_copy(inpainter)).eval()
+    shape = inpainter.image_shape
+    names = (I2I_INPUT_NAME, I2I_OUTPUT_NAME)
+    return _export(model, torch.zeros(2, *shape), path, opset, names, lambda f: _check_graph(f, names, shape))
 
 
 def _session_options(intra_op_threads: int | None):
@@ -133,8 +152,10 @@ def _session_options(intra_op_threads: int | None):
     return options
 
 
-class OnnxGenerator:
-    """An exported generator served by ONNX Runtime (CUDA when available, else CPU)."""
+class _OnnxSession:
+    """One ONNX Runtime session (CUDA when available, else CPU) of a graph with one input."""
+
+    what = "ONNX model"
 
     def __init__(
         self,
@@ -147,7 +168,7 @@ class OnnxGenerator:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise LetheError(f"ONNX generator {str(self.path)!r} does not exist")
+            raise LetheError(f"{self.what} {str(self.path)!r} does not exist")
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
@@ -164,22 +185,38 @@ class OnnxGenerator:
         except Exception as exc:
             raise LetheError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
         inputs = self.session.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 2 or not isinstance(inputs[0].shape[1], int):
-            raise LetheError(f"{self.path}: not a generator graph (want one input [batch, latent_dim])")
+        if len(inputs) != 1:
+            raise LetheError(f"{self.path}: not a {self.what} graph (want one input)")
         self._input = inputs[0].name
+        self._input_shape = inputs[0].shape
         self._output = self.session.get_outputs()[0].name
-        self.latent_dim: int = inputs[0].shape[1]
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self._output], {self._input: x})[0]
+
+
+class OnnxGenerator(_OnnxSession):
+    """An exported generator: latents -> images."""
+
+    what = "ONNX generator"
+
+    def __init__(self, path: Path, **kwargs):
+        super().__init__(path, **kwargs)
+        shape = self._input_shape
+        if len(shape) != 2 or not isinstance(shape[1], int):
+            raise LetheError(f"{self.path}: not a generator graph (want one input [batch, latent_dim])")
+        self.latent_dim: int = shape[1]
 
     def generate(self, z: np.ndarray) -> np.ndarray:
         """Images (float32 NCHW in [-1, 1]) for latents ``z`` of shape [n, latent_dim]."""
         z = np.ascontiguousarray(z, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim or z.shape[0] < 1:
             raise LetheError(f"latents must have shape [n >= 1, {self.latent_dim}], got {list(z.shape)}")
-        return self.session.run([self._output], {self._input: z})[0]
+        return self._run(z)
 
     def sample(self, n: int, seed: int, *, batch_size: int = 256) -> np.ndarray:
         """The images for ``(seed, n)``: same latents as ``runtime.latents``, so the same as
@@ -189,6 +226,34 @@ class OnnxGenerator:
         z = latents(n, self.latent_dim, seed).numpy()
         parts = [self.generate(z[i : i + batch_size]) for i in range(0, n, batch_size)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def warm_up(self, batch: int) -> None:
+        self.sample(batch, seed=0)
+
+
+class OnnxInpainter(_OnnxSession):
+    """An exported image-to-image model: images -> restored images (T applied inside)."""
+
+    what = "ONNX inpainter"
+
+    def __init__(self, path: Path, **kwargs):
+        super().__init__(path, **kwargs)
+        shape = self._input_shape
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+            raise LetheError(f"{self.path}: not an image-to-image graph (want one input [batch, C, H, W])")
+        self.image_shape: tuple[int, int, int] = tuple(shape[1:])
+
+    def restore(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """h(T(x)) for images (float32 NCHW in [-1, 1]) of the model's shape."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape or len(images) < 1:
+            raise LetheError(f"images must have shape [n >= 1, {', '.join(map(str, self.image_shape))}], "
+                             f"got {list(images.shape)}")
+        parts = [self._run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def warm_up(self, batch: int) -> None:
+        self.restore(np.zeros((batch, *self.image_shape), np.float32))
 
 
 def check_onnx_parity(
@@ -211,15 +276,27 @@ def check_onnx_parity(
     z = latents(n, latent_dim, seed)
     with torch.no_grad():
         expected = model(z).numpy()
-    got = session.generate(z.numpy())
+    return _max_difference(session.generate(z.numpy()), expected, onnx_path, f"{n} latents, seed {seed}", atol)
+
+
+def _max_difference(got: np.ndarray, expected: np.ndarray, onnx_path: Path, what: str, atol: float) -> float:
     if got.shape != expected.shape:
-        raise ParityError(
-            f"{onnx_path}: ONNX output shape {list(got.shape)} != PyTorch {list(expected.shape)}"
-        )
+        raise ParityError(f"{onnx_path}: ONNX output shape {list(got.shape)} != PyTorch {list(expected.shape)}")
     diff = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
     if not np.isfinite(diff) or diff > atol:
-        raise ParityError(
-            f"{onnx_path}: ONNX output differs from the PyTorch generator by {diff:.3g} "
-            f"(max allowed {atol:g}) on {n} latents, seed {seed}"
-        )
+        raise ParityError(f"{onnx_path}: ONNX output differs from the PyTorch model by {diff:.3g} "
+                          f"(max allowed {atol:g}) on {what}")
     return diff
+
+
+def check_inpainter_parity(
+    inpainter: Inpainter, onnx_path: Path, images: torch.Tensor, *, atol: float = 1e-4,
+) -> float:
+    """Max abs difference between PyTorch and ONNX Runtime (both CPU) restoring ``images``;
+    ParityError if it exceeds ``atol``."""
+    model = _cpu_eval_copy(inpainter)
+    session = OnnxInpainter(onnx_path, providers=["CPUExecutionProvider"])
+    x = images.detach().to("cpu", torch.float32)
+    with torch.no_grad():
+        expected = model.restore(x).numpy()
+    return _max_difference(session.restore(x.numpy()), expected, onnx_path, f"{len(x)} images", atol)

@@ -77,11 +77,45 @@ def _has_discriminator(manifest: VersionManifest) -> bool:
     return "discriminator.safetensors" in manifest.files
 
 
-def _carried_files(manifest: VersionManifest) -> list[str]:
-    """Files of components no method edits (e.g. a VAE's encoder): copied into the new version."""
-    edited = ("generator.", "discriminator.")
+def _carried_files(manifest: VersionManifest, edited: set[str]) -> list[str]:
+    """Files of components the job did not edit (e.g. a VAE's encoder): copied into the new version."""
     return sorted(name for name in manifest.files
-                  if name.endswith((".safetensors", ".json")) and not name.startswith(edited))
+                  if name.endswith((".safetensors", ".json")) and name.rsplit(".", 1)[0] not in edited)
+
+
+def store_version(
+    registry: Registry,
+    parent: VersionManifest,
+    spec: ForgetSpec,
+    components: dict[str, torch.nn.Module],
+    onnx_path: Path,
+    gates: list[Gate],
+    metrics: dict[str, Any],
+    *,
+    activate: bool,
+) -> tuple[VersionManifest, Literal["promoted", "rejected"], str | None, bool]:
+    """Register the candidate (its edited components, the parent's other components, the
+    ONNX graph) as promoted or rejected by ``gates``, and activate it if promoted and asked:
+    (manifest, status, reason, activated). The registry only ever sees a complete version."""
+    failed = [g for g in gates if not g.passed]
+    status: Literal["promoted", "rejected"] = "rejected" if failed else "promoted"
+    reason = "; ".join(f"{g.name}: {g.value} against limit {g.limit} ({g.detail})" for g in failed) or None
+
+    def write_files(folder: Path) -> None:
+        for stem, module in components.items():
+            save_model(module, folder, stem)
+        for name in _carried_files(parent, set(components)):
+            shutil.copyfile(registry.file_path(parent.version, name), folder / name)
+        shutil.copyfile(onnx_path, folder / onnx_path.name)
+
+    manifest = registry.create_version(
+        parent.model, write_files, parent=parent.version, spec=spec.model_dump(mode="json"), metrics=metrics,
+        status=status, reason=reason, dataset=parent.dataset, classifier=parent.classifier,
+    )
+    activated = status == "promoted" and activate
+    if activated:
+        registry.activate(manifest.version)
+    return manifest, status, reason, activated
 
 
 def resolve_parent(registry: Registry, parent: str | None, model: str | None = None) -> VersionManifest:
@@ -149,26 +183,43 @@ def preflight(
     uploaded classifier with the wrong output shape fails here). Returns the parsed spec,
     the method and the parent's manifest."""
     spec = load_spec(spec)
-    method = choose_method(spec)
     parent_manifest = resolve_parent(registry, parent, model)
-    check_fits_model(method, _has_discriminator(parent_manifest), parent_manifest.model)
+    method = _method_for(spec, parent_manifest)
     domain = load_domain(registry, parent_manifest, device=device or torch.device("cpu"))
     omega = prepare_redaction_set(spec, registry, domain, uploads_dir, marks_from=parent_manifest.version)
+    if parent_manifest.image_to_image:
+        from unlearning.jobs_i2i import preflight_i2i
+
+        _probe_checks(omega, domain.train.images[:8].to(domain.device))
+        preflight_i2i(spec, parent_manifest, omega, domain, uploads_dir)
+        return spec, method, parent_manifest
     _require_judge_for_attack_gate(spec, omega)
     generator = registry.load_generator(parent_manifest.version).to(domain.device).eval()
     with torch.no_grad():
-        probe = generator(latents(8, generator.latent_dim, 0).to(domain.device))
-        try:
-            if omega.has_judge:
-                omega.in_omega(probe)
-        except LetheError:
-            raise
-        except Exception as exc:  # e.g. an uploaded ONNX classifier that wants another input shape
-            raise SpecError(
-                f"sets: the forget checks fail on this model's images (shape {tuple(probe.shape[1:])}): "
-                f"{type(exc).__name__}: {str(exc)[:300]}"
-            ) from None
+        _probe_checks(omega, generator(latents(8, generator.latent_dim, 0).to(domain.device)))
     return spec, method, parent_manifest
+
+
+def _method_for(spec: ForgetSpec, parent: VersionManifest) -> str:
+    method = choose_method(spec, image_to_image=parent.image_to_image, model=parent.model)
+    check_fits_model(method, _has_discriminator(parent), parent.model)
+    return method
+
+
+@torch.no_grad()
+def _probe_checks(omega: RedactionSet, probe: torch.Tensor) -> None:
+    """Run every forget check once on a few of the model's images: an uploaded classifier
+    that wants another input shape fails here, with a message, not in the middle of a job."""
+    try:
+        if omega.has_judge:
+            omega.in_omega(probe)
+    except LetheError:
+        raise
+    except Exception as exc:
+        raise SpecError(
+            f"sets: the forget checks fail on this model's images (shape {tuple(probe.shape[1:])}): "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
 
 
 def _require_judge_for_attack_gate(spec: ForgetSpec, omega: RedactionSet) -> None:
@@ -258,11 +309,15 @@ def run_redaction(
     device = device or pick_device()
 
     # Everything refusable is refused here, before any training.
-    method = choose_method(spec)
     parent_manifest = resolve_parent(registry, parent, model)
-    check_fits_model(method, _has_discriminator(parent_manifest), parent_manifest.model)
+    method = _method_for(spec, parent_manifest)
     domain = load_domain(registry, parent_manifest, device=device, inception_weights=inception_weights)
     omega = prepare_redaction_set(spec, registry, domain, uploads_dir, marks_from=parent_manifest.version)
+    if parent_manifest.image_to_image:
+        from unlearning.jobs_i2i import run_i2i_redaction
+
+        return run_i2i_redaction(spec, registry, parent_manifest, omega, domain, uploads_dir=uploads_dir,
+                                 report_dir=report_dir, callbacks=callbacks, activate=activate, started=started)
     _require_judge_for_attack_gate(spec, omega)
     # Select epochs at half the gate's limit: the monitor's 2,000 samples are noisy, and an
     # epoch chosen right at the limit fails the gate's fresh samples by chance.
@@ -306,29 +361,14 @@ def run_redaction(
         onnx_path = export_generator_onnx(result.gan.generator, Path(scratch) / "generator.onnx")
         parity = check_onnx_parity(result.gan.generator, onnx_path, atol=float("inf"))
         gates = evaluate_gates(spec, before, after, parity)
-        failed = [g for g in gates if not g.passed]
-        status: Literal["promoted", "rejected"] = "rejected" if failed else "promoted"
-        reason = "; ".join(f"{g.name}: {g.value} against limit {g.limit} ({g.detail})" for g in failed) or None
+        components = {"generator": result.gan.generator}
+        if result.gan.discriminator is not None:
+            components["discriminator"] = result.gan.discriminator
         metrics = {"before": before, "after": after, "method": method, "stats": result.stats,
                    "history": result.history, "gates": [g.model_dump() for g in gates]}
-
-        def write_files(folder: Path) -> None:
-            save_model(result.gan.generator, folder, "generator")
-            if result.gan.discriminator is not None:
-                save_model(result.gan.discriminator, folder, "discriminator")
-            for name in _carried_files(parent_manifest):  # e.g. a VAE's encoder, unchanged
-                shutil.copyfile(registry.file_path(parent_manifest.version, name), folder / name)
-            shutil.copyfile(onnx_path, folder / "generator.onnx")
-
-        manifest = registry.create_version(
-            parent_manifest.model, write_files, parent=parent_manifest.version,
-            spec=spec.model_dump(mode="json"), metrics=metrics, status=status, reason=reason,
-            dataset=parent_manifest.dataset, classifier=parent_manifest.classifier,
+        manifest, status, reason, activated = store_version(
+            registry, parent_manifest, spec, components, onnx_path, gates, metrics, activate=activate,
         )
-    activated = False
-    if status == "promoted" and activate:
-        registry.activate(manifest.version)
-        activated = True
     outcome = JobOutcome(
         version=manifest.version, parent=parent_manifest.version, status=status, activated=activated,
         method=method, reason=reason, gates=gates, before=before, after=after, history=result.history,

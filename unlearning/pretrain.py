@@ -1,8 +1,10 @@
 """Training the models a redaction starts from: the label classifier, the base GAN
 (Kong & Chaudhuri App. D: the eq. 3 loss with a+ = 0.9, a- = 0.1, no Omega, K_G = 5) and
-the base VAE (the negative ELBO)."""
+the base VAE (the negative ELBO) and the inpainter (L1 restoration of T(x))."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from unlearning.data.digits import LabelledImages
 from unlearning.methods.adversarial import AdversarialSettings, train_adversarial
 from unlearning.methods.base import GAN, Callbacks, MethodResult
 from unlearning.models import Classifier, ClassifierConfig, DCGANConfig, Discriminator, Generator
+from unlearning.models.inpainter import Inpainter, InpainterConfig
 from unlearning.models.vae import Decoder, Encoder, VAEConfig, negative_elbo
 
 PRETRAIN_SETTINGS = AdversarialSettings(
@@ -103,11 +106,62 @@ def pretrain_gan(
     return MethodResult(gan, history, stats)
 
 
-class VAETraining(BaseModel):
-    epochs: int = Field(300, ge=1)
+class MinibatchTraining(BaseModel):
+    """Plain Adam over shuffled mini-batches: the inpainter's and the VAE's training."""
+
+    epochs: int = Field(80, ge=1)
     batch_size: int = 64
     lr: float = 1e-3
     seed: int = 0
+
+
+class InpainterTraining(MinibatchTraining):
+    epochs: int = Field(80, ge=1)
+
+
+class VAETraining(MinibatchTraining):
+    epochs: int = Field(300, ge=1)
+
+
+def _train_minibatches(
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    parameters: list[torch.nn.Parameter],
+    images: torch.Tensor,
+    settings: MinibatchTraining,
+    callbacks: Callbacks,
+    device: torch.device,
+) -> float:
+    """``settings.epochs`` passes of Adam on ``loss_of(batch)``; returns the last batch's loss."""
+    optimiser = torch.optim.Adam(parameters, lr=settings.lr)
+    rng = torch.Generator().manual_seed(settings.seed)
+    images = images.to(device)
+    loss = torch.zeros(())
+    for epoch in range(settings.epochs):
+        callbacks.check_cancelled()
+        for batch in torch.randperm(len(images), generator=rng).split(settings.batch_size):
+            loss = loss_of(images[batch.to(device)])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        callbacks.progress((epoch + 1) / settings.epochs, {"epoch": epoch + 1, "loss": loss.item()})
+    return loss.item()
+
+
+def train_inpainter(
+    images: torch.Tensor,
+    config: InpainterConfig,
+    settings: InpainterTraining | None = None,
+    callbacks: Callbacks | None = None,
+    device: torch.device | None = None,
+) -> tuple[Inpainter, dict[str, float]]:
+    """h = D o E trained to restore x from T(x) (mean absolute error)."""
+    settings = settings or InpainterTraining()
+    device = device or torch.device("cpu")
+    torch.manual_seed(settings.seed)
+    model = Inpainter(config).to(device)
+    final = _train_minibatches(lambda x: (model.restore(x) - x).abs().mean(), list(model.parameters()),
+                               images, settings, callbacks or Callbacks(), device)
+    return model.eval(), {"final_l1": final}
 
 
 def train_vae(
@@ -119,20 +173,9 @@ def train_vae(
 ) -> tuple[Decoder, Encoder, dict[str, float]]:
     """The base VAE on ``images``; returns (decoder, encoder, {"final_loss": ...})."""
     settings = settings or VAETraining()
-    callbacks = callbacks or Callbacks()
     device = device or torch.device("cpu")
     torch.manual_seed(settings.seed)
     decoder, encoder = Decoder(config).to(device), Encoder(config).to(device)
-    optimiser = torch.optim.Adam([*decoder.parameters(), *encoder.parameters()], lr=settings.lr)
-    rng = torch.Generator().manual_seed(settings.seed)
-    images = images.to(device)
-    loss = torch.zeros(())
-    for epoch in range(settings.epochs):
-        callbacks.check_cancelled()
-        for batch in torch.randperm(len(images), generator=rng).split(settings.batch_size):
-            loss = negative_elbo(encoder, decoder, images[batch.to(device)])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-        callbacks.progress((epoch + 1) / settings.epochs, {"epoch": epoch + 1, "loss": loss.item()})
-    return decoder.eval(), encoder.eval(), {"final_loss": loss.item()}
+    final = _train_minibatches(lambda x: negative_elbo(encoder, decoder, x), [*decoder.parameters(), *encoder.parameters()],
+                               images, settings, callbacks or Callbacks(), device)
+    return decoder.eval(), encoder.eval(), {"final_loss": final}

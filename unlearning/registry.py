@@ -58,6 +58,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+GENERATOR = "generator"
+INPAINTER = "inpainter"  # an image-to-image model's component (and its ONNX file's stem)
+
+
 class VersionManifest(BaseModel):
     """What ``versions/<version>/manifest.json`` holds."""
 
@@ -72,6 +76,15 @@ class VersionManifest(BaseModel):
     dataset: str | None = None
     classifier: str | None = Field(None, description="name of the domain classifier")
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256 hex")
+
+    @property
+    def image_to_image(self) -> bool:
+        """An image-to-image model (served at /inpaint), not a generator."""
+        return f"{INPAINTER}.onnx" in self.files
+
+    @property
+    def onnx_file(self) -> str:
+        return f"{INPAINTER if self.image_to_image else GENERATOR}.onnx"
 
 
 class ClassifierManifest(BaseModel):
@@ -383,6 +396,9 @@ class Registry:
 
     def load_discriminator(self, version: str) -> nn.Module:
         return self.load_component(version, "discriminator")
+
+    def load_inpainter(self, version: str) -> nn.Module:
+        return self.load_component(version, INPAINTER)
 
     # ------------------------------------------------------------------------------ active
 

@@ -33,6 +33,15 @@ def _samples(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return generator(z.to(device)).cpu()
 
 
+def _save(fig, ax, title: str, path: Path) -> Path:
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_history(history: list[dict], path: Path, *, limit: float | None = None,
                  selected: int | None = None) -> Path | None:
     """Invalidity per epoch with the quality probe's FID on a second axis, the gate's limit
@@ -58,12 +67,7 @@ def plot_history(history: list[dict], path: Path, *, limit: float | None = None,
         ax2 = ax.twinx()
         ax2.plot(*zip(*fids), "s--", color="tab:blue", alpha=0.7)
         ax2.set_ylabel("FID (quality probe)", color="tab:blue")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("Invalidity over training")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, "Invalidity over training", path)
 
 
 def write_report(
@@ -122,28 +126,89 @@ def _attack_section(outcome: "JobOutcome", attacked: bool, image_base: str) -> s
             f"{note}<table><tr><th></th><th>before</th><th>after</th></tr>{rows}</table>{pictures}")
 
 
-def render_html(outcome: "JobOutcome", has_plot: bool, image_base: str = "", attacked: bool = False) -> str:
-    """Self-contained page; ``image_base`` prefixes the picture URLs (the service serves them)."""
+def _gates_table(outcome: "JobOutcome") -> str:
     rows = "".join(
         f"<tr><td>{html.escape(g.name)}</td><td>{_number(g.value)}</td><td>{_number(g.limit)}</td>"
         f"<td class={'ok' if g.passed else 'bad'}>{'pass' if g.passed else 'FAIL'}</td>"
         f"<td>{html.escape(g.detail)}</td></tr>"
         for g in outcome.gates
     )
-    keys = ["invalidity", "fid", "filtered_fid", "inception_score", "samples", "extractor"]
-    metrics = "".join(
-        f"<tr><td>{k}</td><td>{_number(outcome.before.get(k))}</td><td>{_number(outcome.after.get(k))}</td></tr>"
-        for k in keys
-    )
-    plot = f'<h2>Invalidity over training</h2><img src="{image_base}invalidity.png">' if has_plot else ""
+    return f"<h2>Gates</h2><table><tr><th>gate</th><th>value</th><th>limit</th><th></th><th></th></tr>{rows}</table>"
+
+
+def _page(outcome: "JobOutcome", body: str) -> str:
+    """The page around ``body``: title, method, status, the reason it was refused, the gates."""
     reason = f"<p class=bad>Not promoted: {html.escape(outcome.reason)}</p>" if outcome.reason else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Lethe report {html.escape(outcome.version)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
 .ok{{color:#070}}.bad{{color:#b00}}img{{image-rendering:pixelated;border:1px solid #ccc;margin-right:1em}}</style></head>
 <body><h1>{html.escape(outcome.version)} <small>from {html.escape(outcome.parent)}</small></h1>
 <p>Method <b>{html.escape(outcome.method)}</b>, status <b>{outcome.status}</b>, {outcome.duration_s:.1f} s.</p>{reason}
-<h2>Gates</h2><table><tr><th>gate</th><th>value</th><th>limit</th><th></th><th></th></tr>{rows}</table>
-<h2>Metrics</h2><table><tr><th></th><th>before ({html.escape(outcome.parent)})</th><th>after ({html.escape(outcome.version)})</th></tr>{metrics}</table>
+{_gates_table(outcome)}
+{body}</body></html>"""
+
+
+def render_html(outcome: "JobOutcome", has_plot: bool, image_base: str = "", attacked: bool = False) -> str:
+    """Self-contained page; ``image_base`` prefixes the picture URLs (the service serves them)."""
+    keys = ["invalidity", "fid", "filtered_fid", "inception_score", "samples", "extractor"]
+    metrics = "".join(
+        f"<tr><td>{k}</td><td>{_number(outcome.before.get(k))}</td><td>{_number(outcome.after.get(k))}</td></tr>"
+        for k in keys
+    )
+    plot = f'<h2>Invalidity over training</h2><img src="{image_base}invalidity.png">' if has_plot else ""
+    return _page(outcome, f"""<h2>Metrics</h2><table><tr><th></th><th>before ({html.escape(outcome.parent)})</th><th>after ({html.escape(outcome.version)})</th></tr>{metrics}</table>
 <h2>Samples on the same latents</h2><p>before &nbsp; / &nbsp; after</p>
 <img src="{image_base}before.png"><img src="{image_base}after.png">{plot}
-{_attack_section(outcome, attacked, image_base)}</body></html>"""
+{_attack_section(outcome, attacked, image_base)}""")
+
+
+I2I_GRID_IMAGES = 16
+
+
+def plot_losses(history: list[dict], path: Path) -> Path | None:
+    """The image-to-image losses over training steps: retain (kept small) and forget."""
+    if not history:
+        return None
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, [h["forget_loss"] for h in history], "o-", color="tab:red", label="forget: to the noise embedding")
+    ax.plot(steps, [h["retain_loss"] for h in history], "s-", color="tab:blue", label="retain: to the original embedding")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean L2 distance of embeddings")
+    return _save(fig, ax, "Encoder losses over training", path)
+
+
+@torch.no_grad()
+def write_i2i_report(
+    outcome: "JobOutcome", report_dir: Path, before: nn.Module, after: nn.Module, inputs: dict[str, torch.Tensor],
+) -> Path:
+    """The report of an image-to-image job: per set (forget, retain) a picture with rows
+    input / degraded input / parent's restoration / candidate's restoration."""
+    folder = Path(report_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    before, after = before.cpu().eval(), after.cpu().eval()
+    for name, images in inputs.items():
+        x = images[:I2I_GRID_IMAGES].cpu()
+        rows = torch.cat([x, before.degrade(x), before.restore(x), after.restore(x)])
+        grid_image(rows, nrow=len(x), min_side=640).save(folder / f"{name}_rows.png")
+    plotted = plot_losses(outcome.history, folder / "losses.png")
+    (folder / "metrics.json").write_text(json.dumps(outcome.model_dump(mode="json"), indent=2))
+    (folder / "index.html").write_text(render_i2i_html(outcome, plotted is not None, list(inputs)))
+    return folder
+
+
+def render_i2i_html(outcome: "JobOutcome", has_plot: bool, sets: list[str], image_base: str = "") -> str:
+    keys = ["images", "fid", "l1", "invalidity"]
+    metrics = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{k}</td><td>{_number(outcome.before.get(name, {}).get(k))}</td>"
+        f"<td>{_number(outcome.after.get(name, {}).get(k))}</td></tr>"
+        for name in sets for k in keys
+    )
+    pictures = "".join(
+        f'<h3>{html.escape(name)} inputs</h3><p>rows: input, degraded input T(x), parent h0(T(x)), candidate h(T(x))</p>'
+        f'<img src="{image_base}{name}_rows.png">' for name in sets
+    )
+    plot = f'<h2>Training</h2><img src="{image_base}losses.png">' if has_plot else ""
+    return _page(outcome, f"""<h2>Metrics (restorations against the real inputs; extractor {html.escape(str(outcome.after.get('extractor')))})</h2>
+<table><tr><th>set</th><th></th><th>before ({html.escape(outcome.parent)})</th><th>after ({html.escape(outcome.version)})</th></tr>{metrics}</table>
+<h2>Restorations</h2>{pictures}{plot}""")

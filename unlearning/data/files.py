@@ -118,6 +118,15 @@ def load_images(
     return images
 
 
+def decode_pngs(blobs: list[bytes], *, expected_shape: tuple[int, int, int], label: str = "image") -> torch.Tensor:
+    """PNG files held in memory (e.g. sent in a request) -> (N, C, H, W) float32 in [-1, 1],
+    under the same limits and checks as uploaded files; errors name the image by position."""
+    expected_shape = _check_expected(expected_shape)
+    budget = _Budget(UploadLimits(), label)
+    arrays = [_decode_png(data, f"{label} {i}", expected_shape, budget) for i, data in enumerate(blobs)]
+    return _stack(arrays, label, expected_shape)
+
+
 def load_mnist(path: Path, *, split: str = "train", limits: UploadLimits | None = None) -> LabelledImages:
     """MNIST-format digits (MNIST, Fashion-MNIST, ...) as (N, 1, 28, 28) in [-1, 1].
 

@@ -13,6 +13,7 @@ from torch import nn
 from unlearning.errors import LetheError
 from unlearning.models.classifier import Classifier, ClassifierConfig
 from unlearning.models.dcgan import DCGANConfig, Discriminator, Generator
+from unlearning.models.inpainter import Inpainter, InpainterConfig
 from unlearning.models.vae import Decoder, Encoder, VAEConfig
 
 # kind -> (class, config class). Later model families register themselves here.
@@ -22,6 +23,7 @@ MODEL_KINDS: dict[str, tuple[type[nn.Module], type[BaseModel]]] = {
     Classifier.kind: (Classifier, ClassifierConfig),
     Decoder.kind: (Decoder, VAEConfig),
     Encoder.kind: (Encoder, VAEConfig),
+    Inpainter.kind: (Inpainter, InpainterConfig),
 }
 
 

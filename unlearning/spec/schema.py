@@ -73,6 +73,7 @@ __all__ = [
     "spec_hash",
     "referenced_classifiers",
     "referenced_files",
+    "retain_files",
     "validity_plugins",
     "find_validity_plugin",
     "walk_rules",
@@ -378,6 +379,15 @@ class Gates(_Strict):
         ge=0.0,
         le=1.0,
         description="no retained class may drop below this fraction of its share in the parent",
+    )
+    # image-to-image models (Li et al.): quality on the retain and forget inputs, separately
+    max_retain_fid_ratio: float = Field(
+        1.2, ge=1.0, allow_inf_nan=False,
+        description="image-to-image: retain-set output FID may rise at most this many times",
+    )
+    min_forget_fid_ratio: float = Field(
+        3.0, ge=1.0, allow_inf_nan=False,
+        description="image-to-image: forget-set output FID must rise at least this many times",
     )
 
 
@@ -723,3 +733,17 @@ def referenced_files(spec: ForgetSpec) -> list[str]:
         if isinstance(s, DataSet):
             out.extend(f for f in s.files if f not in out)
     return out
+
+
+def retain_files(spec: ForgetSpec) -> list[str]:
+    """Uploaded retain images named by ``hyperparameters.retain_files`` (image-to-image
+    unlearning); every name must be a plain file name."""
+    names = spec.hyperparameters.get("retain_files") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SpecValidationError([("hyperparameters.retain_files", "must be a list of uploaded file names")])
+    for name in names:
+        try:
+            _plain_file_name(name)
+        except PydanticCustomError as exc:
+            raise SpecValidationError([("hyperparameters.retain_files", str(exc))]) from None
+    return list(dict.fromkeys(names))
