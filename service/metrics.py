@@ -5,7 +5,7 @@ BentoML runs prometheus_client in multiprocess mode and serves every process's v
 metrics are created on first use, after ``PROMETHEUS_MULTIPROC_DIR`` is set, or they would
 stay invisible to the multiprocess collector. Gauge modes:
 
-* per-version facts every worker agrees on (gate invalidity, FID): ``max``;
+* per-version facts every worker agrees on (gate invalidity and its limit, FID): ``max``;
 * ``lethe_active_model_info``: ``livemax`` (1 while any live worker serves the version);
 * ``lethe_served_invalidity_ratio``: ``livemostrecent`` (each worker's monitor publishes
   its recent window; ``lethe_served_checked_images_total`` and
@@ -25,6 +25,10 @@ def metrics() -> SimpleNamespace:
     return SimpleNamespace(
         model_invalidity=Gauge(
             "lethe_model_invalidity_ratio", "Invalidity measured by the version's gates on fresh samples",
+            ["model_version", "spec"], multiprocess_mode="max",
+        ),
+        gate_max_invalidity=Gauge(
+            "lethe_model_gate_max_invalidity", "The gate's max_invalidity in the spec that produced the version",
             ["model_version", "spec"], multiprocess_mode="max",
         ),
         model_fid=Gauge(
@@ -65,5 +69,8 @@ def publish_version(manifest) -> None:
     spec_name = (manifest.spec or {}).get("name", "") if manifest.spec else ""
     if after.get("invalidity") is not None and spec_name:
         m.model_invalidity.labels(manifest.version, spec_name).set(float(after["invalidity"]))
+    limit = ((manifest.spec or {}).get("gates") or {}).get("max_invalidity")
+    if limit is not None and spec_name:
+        m.gate_max_invalidity.labels(manifest.version, spec_name).set(float(limit))
     if after.get("fid") is not None:
         m.model_fid.labels(manifest.version, str(after.get("extractor", "unknown"))).set(float(after["fid"]))
