@@ -1,5 +1,6 @@
 """The admin API (mounted at ``/admin``): submit, watch, cancel and report redaction
-jobs, and activate versions. Every route needs ``Authorization: Bearer $LETHE_ADMIN_TOKEN``.
+jobs, activate versions, and read the audit trail. Every route needs
+``Authorization: Bearer $LETHE_ADMIN_TOKEN``.
 
 It only translates HTTP into library calls: uploads are checked by ``unlearning.data``,
 specs and checks by ``unlearning.jobs.preflight``, jobs live in ``JobStore`` and run in
@@ -26,7 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from service.http_limits import RequestTooLarge
-from service.job_store import JobFinishedError, JobStore, JobStoreBusyError
+from service.job_store import AUDIT_MAX_LIMIT, JobFinishedError, JobStore, JobStoreBusyError
 from service.settings import Settings
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
 from unlearning.registry import Registry
@@ -115,6 +116,7 @@ class AdminAPI:
             Route("/redactions/{job_id}/cancel", self.cancel, methods=["POST"]),
             Route("/redactions/{job_id}/report", self.report, methods=["GET"]),
             Route("/models/{version}/activate", self.activate, methods=["POST"]),
+            Route("/audit", self.audit, methods=["GET"]),
         ]
         app = Starlette(routes=routes, exception_handlers={
             LetheError: lambda request, exc: error(_status_for(exc), str(exc)),
@@ -156,7 +158,8 @@ class AdminAPI:
                 job = self.store.submit(
                     spec.model_dump(mode="json"), spec_hash=spec_hash(spec), spec_name=spec.name,
                     parent=parent_manifest.version, actor=_actor(request), uploads_dir=job_uploads,
-                )
+                    model=parent_manifest.model, detail={"method": method},
+                )  # its audit entry is written in the same transaction: no job without one
             except BaseException:
                 if job_uploads is not None:  # no job refers to them: leave nothing behind
                     shutil.rmtree(job_uploads, ignore_errors=True)
@@ -213,7 +216,7 @@ class AdminAPI:
         return JSONResponse(_job_view(self.store.get(request.path_params["job_id"])))
 
     async def cancel(self, request: Request) -> JSONResponse:
-        job = self.store.cancel(request.path_params["job_id"])
+        job = self.store.cancel(request.path_params["job_id"], actor=_actor(request))
         return JSONResponse(_job_view(job), status_code=202 if not job.final else 200)
 
     async def report(self, request: Request) -> HTMLResponse:
@@ -227,9 +230,63 @@ class AdminAPI:
     async def activate(self, request: Request) -> JSONResponse:
         version = request.path_params["version"]
         force = request.query_params.get("force", "").lower() in ("1", "true", "yes")
-        manifest = await anyio.to_thread.run_sync(lambda: self.registry.activate(version, force=force))
-        log.warning("version %s activated by %s", version, _actor(request))
+        actor = _actor(request)
+
+        def activate():
+            try:
+                previous = self.registry.active(self.registry.get(version).model)
+            except LetheError:
+                previous = None  # activate names the problem (unknown version, bad pointer)
+            manifest = self.registry.activate(version, force=force)
+            record_activation(self.store, manifest, actor, previous=previous, force=force)
+            return manifest
+
+        manifest = await anyio.to_thread.run_sync(activate)
+        log.warning("version %s activated by %s", version, actor)
         return JSONResponse({"active": manifest.version, "model": manifest.model, "status": manifest.status})
+
+    async def audit(self, request: Request) -> JSONResponse:
+        """The audit trail, newest first: ``limit`` (default 100, at most 1000), ``since_seq``
+        (only entries after it, to tail the log), ``action``, ``job_id``."""
+        params = request.query_params
+        unknown = sorted(set(params) - {"limit", "since_seq", "action", "job_id"})
+        if unknown:
+            return error(400, f"unknown query parameter {unknown[0]!r}; use limit, since_seq, action, job_id")
+        numbers: dict[str, int | None] = {}
+        for name, default, low, high in (("limit", 100, 1, AUDIT_MAX_LIMIT), ("since_seq", None, 0, None)):
+            text = params.get(name)
+            if text is None:
+                numbers[name] = default
+                continue
+            value = int(text) if re.fullmatch(r"\d{1,18}", text) else None
+            if value is None or value < low or (high is not None and value > high):
+                bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+                return error(400, f"{name} must be a whole number {bounds}, not {text!r}")
+            numbers[name] = value
+        entries = self.store.audit_log(limit=numbers["limit"], since_seq=numbers["since_seq"],
+                                       action=params.get("action"), job_id=params.get("job_id"))
+        return JSONResponse({"entries": [e.model_dump(mode="json") for e in entries]})
+
+
+def record_activation(store: JobStore, manifest, actor: str, *, previous: str | None, force: bool) -> None:
+    """Append the ``activate`` entry for a version that is now active. The activation has
+    happened: a failure to record it is logged, never raised."""
+    try:
+        spec_name = spec_digest = None
+        if manifest.spec:
+            from unlearning.spec import load_spec, spec_hash
+
+            spec_name = manifest.spec.get("name")
+            try:
+                spec_digest = spec_hash(load_spec(manifest.spec))
+            except Exception:  # a spec an older Lethe wrote: record the rest
+                spec_digest = None
+        store.record("activate", actor, model=manifest.model, version=manifest.version,
+                     parent=manifest.parent, spec_name=spec_name, spec_hash=spec_digest,
+                     detail={"previous": previous, "force": force, "status": manifest.status})
+    except Exception as exc:
+        log.warning("version %s was activated by %s, but the audit entry could not be written: %s",
+                    manifest.version, actor, exc)
 
 
 def _onnx_names(spec) -> set[str]:

@@ -20,6 +20,10 @@ Guarantees:
   state or the next, never half of one.
 * After a crash, ``recover`` (called when a worker starts) marks every job whose worker is
   gone as failed with a reason, so every job is in a truthful state.
+* Every admin action and every job outcome is appended to the ``audit`` table (the audit
+  trail): a submit, a cancel and an outcome in the same transaction as the job change, so
+  a job never changes without its entry. Its rows are never updated or deleted (triggers
+  refuse it).
 * Everything is stored as JSON text, timestamps as ISO 8601 UTC; nothing is pickled.
   Non-finite floats in progress details and results are stored as ``null`` (they are not
   JSON and would break an HTTP response).
@@ -56,7 +60,7 @@ ACTIVE_STATES: frozenset[str] = frozenset({"running", "validating"})
 FINAL_STATES: frozenset[str] = frozenset({"promoted", "rejected", "failed", "cancelled"})
 
 DB_NAME = "jobs.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 # A local pid counts as the claimer only if its process started before the claim (plus this
 # much slack for clock granularity): after a container restart the new worker often gets
@@ -94,6 +98,41 @@ _SCHEMA = [
     f"""CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active ON jobs ((0))
         WHERE state IN {_ACTIVE_SQL}""",
 ]
+
+
+# what an audit entry records: admin actions, then the outcomes the job worker produces
+AuditAction = Literal["submit", "cancel", "activate", "promoted", "rejected", "failed", "cancelled"]
+AUDIT_ACTIONS: tuple[str, ...] = get_args(AuditAction)
+AUDIT_MAX_LIMIT = 1000
+WORKER_ACTOR = "job-worker"
+
+# Migrations: the statements that take a database from the version before to this one.
+# A new database gets the version-1 tables above and then every migration; an older one
+# is upgraded in place, in one transaction, when a store opens it.
+_MIGRATIONS: dict[int, list[str]] = {
+    2: [  # the audit trail (append-only)
+        """CREATE TABLE IF NOT EXISTS audit (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            time TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            job_id TEXT,
+            model TEXT,
+            spec_name TEXT,
+            spec_hash TEXT,
+            version TEXT,
+            parent TEXT,
+            detail TEXT NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE INDEX IF NOT EXISTS audit_job ON audit (job_id, seq)""",
+        """CREATE INDEX IF NOT EXISTS audit_action ON audit (action, seq)""",
+        """CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+           BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+        """CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+           BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    ],
+}
+assert sorted(_MIGRATIONS) == list(range(2, SCHEMA_VERSION + 1))
 
 
 class JobStoreError(LetheError):
@@ -137,6 +176,22 @@ class JobRecord(BaseModel):
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
+
+
+class AuditEntry(BaseModel):
+    """One entry of the audit trail, as stored (and as ``GET /admin/audit`` shows it)."""
+
+    seq: int = Field(description="position in the log, increasing")
+    time: str = Field(description="ISO 8601, UTC")
+    actor: str = Field(description="'token:<fingerprint>' for the admin API, 'job-worker' for job outcomes")
+    action: AuditAction
+    job_id: str | None = None
+    model: str | None = None
+    spec_name: str | None = None
+    spec_hash: str | None = None
+    version: str | None = Field(None, description="the version produced or activated")
+    parent: str | None = Field(None, description="the version a job starts from, or the activated version's parent")
+    detail: dict[str, Any] = Field(default_factory=dict, description="method, reason, previous active version, ...")
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -194,6 +249,21 @@ def _dumps_plain(value: dict[str, Any], what: str) -> str:
 def _dumps(value: dict[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(_finite(value), sort_keys=True, allow_nan=False)
 
+
+
+def _detail_json(detail: dict[str, Any] | None) -> str:
+    """An audit entry's detail as JSON; never fails (odd values are written as text)."""
+    try:
+        return _dumps(dict(detail or {})) or "{}"
+    except (TypeError, ValueError):
+        return json.dumps({str(k): repr(v) for k, v in (detail or {}).items()}, sort_keys=True)
+
+
+def _whole(value: Any, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise LetheError(f"{name} must be a whole number {bounds}, not {value!r}")
+    return value
 
 
 def _process_started(pid: int) -> float | None:
@@ -310,13 +380,21 @@ class JobStore:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 stored = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-                if stored is None:
-                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                elif stored > SCHEMA_VERSION:
+                if stored is not None and stored > SCHEMA_VERSION:
                     raise JobStoreError(
                         f"job database {self.path} has schema version {stored}, written by a newer "
                         f"Lethe; this one reads version {SCHEMA_VERSION}"
                     )
+                # a new database has just got the version-1 tables: it takes every migration
+                for version in range((stored or 1) + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[version]:
+                        conn.execute(statement)
+                if stored is None:
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                elif stored < SCHEMA_VERSION:
+                    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+                    log.warning("job database %s upgraded from schema version %d to %d",
+                                self.path, stored, SCHEMA_VERSION)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -364,6 +442,41 @@ class JobStore:
         with self._connect() as conn:
             return [self._record(row) for row in conn.execute(query, params).fetchall()]
 
+    def audit_log(
+        self,
+        *,
+        limit: int = 100,
+        since_seq: int | None = None,
+        action: str | None = None,
+        job_id: str | None = None,
+    ) -> list[AuditEntry]:
+        """Audit entries (of ``action``, about ``job_id``, when given), newest first: the
+        latest ``limit``, or with ``since_seq`` the first ``limit`` after that seq (so a
+        reader that tails the log by its highest seq misses nothing)."""
+        _whole(limit, "limit", 1, AUDIT_MAX_LIMIT)
+        where, params = [], []
+        if since_seq is not None:
+            where.append("seq > ?")
+            params.append(_whole(since_seq, "since_seq", 0))
+        if action is not None:
+            if action not in AUDIT_ACTIONS:
+                raise LetheError(f"action must be one of {', '.join(AUDIT_ACTIONS)}, not {action!r}")
+            where.append("action = ?")
+            params.append(action)
+        if job_id is not None:
+            if not isinstance(job_id, str):
+                raise LetheError(f"job_id must be a job id, not {job_id!r}")
+            where.append("job_id = ?")
+            params.append(job_id)
+        query = "SELECT * FROM audit" + (f" WHERE {' AND '.join(where)}" if where else "")
+        query += f" ORDER BY seq {'ASC' if since_seq is not None else 'DESC'} LIMIT ?"
+        params.append(limit)
+        with self._connect() as conn:
+            rows = conn.execute(query, params).fetchall()
+        entries = [AuditEntry.model_validate({**dict(row), "detail": json.loads(row["detail"] or "{}")})
+                   for row in rows]
+        return entries[::-1] if since_seq is not None else entries
+
     def cancel_requested(self, job_id: str) -> bool:
         """Whether the worker running ``job_id`` should stop: a cancel was requested, or the
         job already ended without it (e.g. ``recover`` failed it after a lost heartbeat)."""
@@ -372,6 +485,63 @@ class JobStore:
             return bool(row["cancel_requested"]) or row["state"] in FINAL_STATES
 
     # ---------------------------------------------------------------------------- writing
+
+    @staticmethod
+    def _audit(
+        conn: sqlite3.Connection,
+        action: str,
+        actor: str | None,
+        *,
+        job: sqlite3.Row | None = None,
+        model: str | None = None,
+        spec_name: str | None = None,
+        spec_hash: str | None = None,
+        version: str | None = None,
+        parent: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """Append one audit entry inside the caller's transaction; a ``job`` row fills the
+        job's id, spec, parent and (from its submit entry) model. Returns its seq."""
+        if action not in AUDIT_ACTIONS:
+            raise ValueError(f"unknown audit action {action!r}")
+        job_id = None
+        if job is not None:
+            job_id, spec_name, spec_hash = job["id"], job["spec_name"], job["spec_hash"]
+            parent = parent or job["parent"]
+            if model is None:
+                found = conn.execute(
+                    "SELECT model FROM audit WHERE job_id = ? AND action = 'submit' ORDER BY seq LIMIT 1",
+                    (job_id,),
+                ).fetchone()
+                model = found["model"] if found else None
+        cursor = conn.execute(
+            """INSERT INTO audit (time, actor, action, job_id, model, spec_name, spec_hash, version,
+               parent, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (_now(), actor or "unknown", action, job_id, model, spec_name, spec_hash, version, parent,
+             _detail_json(detail)),
+        )
+        return int(cursor.lastrowid)
+
+    def record(
+        self,
+        action: AuditAction,
+        actor: str,
+        *,
+        job_id: str | None = None,
+        model: str | None = None,
+        spec_name: str | None = None,
+        spec_hash: str | None = None,
+        version: str | None = None,
+        parent: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Append an audit entry for an action that happened outside this database (an
+        activation) and return it. Job changes record theirs themselves."""
+        with self._write() as conn:
+            job = self._row(conn, job_id) if job_id is not None else None
+            seq = self._audit(conn, action, actor, job=job, model=model, spec_name=spec_name,
+                              spec_hash=spec_hash, version=version, parent=parent, detail=detail)
+        return self.audit_log(since_seq=seq - 1, limit=1)[0]
 
     def submit(
         self,
@@ -382,8 +552,11 @@ class JobStore:
         parent: str | None = None,
         actor: str | None = None,
         uploads_dir: str | Path | None = None,
+        model: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> JobRecord:
-        """Store a new job, queued."""
+        """Store a new job, queued, with its ``submit`` audit entry (``model`` and ``detail``,
+        e.g. the method, go to that entry) in the same transaction."""
         spec_json = _dumps_plain(spec, "the forget specification")
         job_id, now = uuid.uuid4().hex, _now()
         with self._write() as conn:
@@ -393,7 +566,9 @@ class JobStore:
                 (job_id, spec_json, spec_hash, spec_name, parent, actor,
                  None if uploads_dir is None else str(uploads_dir), now, now),
             )
-            record = self._record(self._row(conn, job_id))
+            row = self._row(conn, job_id)
+            self._audit(conn, "submit", actor, job=row, model=model, detail=detail)
+            record = self._record(row)
         log.info("job %s queued (%s)", job_id, spec_name or spec_hash)
         return record
 
@@ -479,10 +654,11 @@ class JobStore:
             text += f" ({row['reason']})"
         return text
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str, *, actor: str | None = None) -> JobRecord:
         """Cancel a job: a queued one at once; a running/validating one is flagged and its
         worker (polling ``cancel_requested``) finishes it as cancelled. A job that already
-        ended raises JobFinishedError naming its state."""
+        ended raises JobFinishedError naming its state. The ``cancel`` audit entry (by
+        ``actor``) says the state before and after."""
         with self._write() as conn:
             row = self._row(conn, job_id)
             now = _now()
@@ -499,6 +675,8 @@ class JobStore:
                     "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (now, job_id)
                 )
             record = self._record(self._row(conn, job_id))
+            self._audit(conn, "cancel", actor, job=row,
+                        detail={"previous_state": row["state"], "state": record.state})
         log.info("job %s: cancel requested (%s)", job_id, record.state)
         return record
 
@@ -510,10 +688,14 @@ class JobStore:
         version: str | None = None,
         result: dict[str, Any] | None = None,
         reason: str | None = None,
+        actor: str = WORKER_ACTOR,
+        detail: dict[str, Any] | None = None,
     ) -> JobRecord:
         """End a job in a final ``state`` with the version it produced, its outcome and,
-        when not promoted, the reason. A job that already ended raises JobFinishedError
-        (e.g. ``recover`` failed it while its worker was presumed dead)."""
+        when not promoted, the reason; its audit entry (action = the state, with the
+        reason and ``detail``) goes in the same transaction. A job that already ended
+        raises JobFinishedError (e.g. ``recover`` failed it while its worker was presumed
+        dead)."""
         if state not in FINAL_STATES:
             raise ValueError(f"finish needs a final state ({', '.join(sorted(FINAL_STATES))}), not {state!r}")
         if state == "cancelled" and reason is None:
@@ -531,13 +713,16 @@ class JobStore:
                 (state, version, result_json, reason, now, now, progress, job_id),
             )
             record = self._record(self._row(conn, job_id))
+            self._audit(conn, state, actor, job=row, version=version,
+                        detail={**(detail or {}), **({"reason": reason} if reason else {})})
         log.info("job %s %s%s", job_id, state, f": {reason}" if reason else "")
         return record
 
     # --------------------------------------------------------------------------- recovery
 
     def recover(
-        self, *, alive: Callable[[str], bool] | None = None, stale_after_s: float = 60.0
+        self, *, alive: Callable[[str], bool] | None = None, stale_after_s: float = 60.0,
+        actor: str = WORKER_ACTOR,
     ) -> list[str]:
         """Fail every running/validating job whose worker is gone; return their ids.
 
@@ -546,7 +731,7 @@ class JobStore:
         restarted container often reuses the dead worker's pid); a worker on another host
         (or an unreadable worker name) is alive while its heartbeat is younger than
         ``stale_after_s`` (clocks of the hosts must roughly agree). Call when a job worker
-        starts, before it claims anything."""
+        starts, before it claims anything. Each failed job gets a ``failed`` audit entry."""
         host = socket.gethostname()
         failed: list[str] = []
         with self._write() as conn:
@@ -576,6 +761,7 @@ class JobStore:
                        WHERE id = ?""",
                     (reason, now, now, row["id"]),
                 )
+                self._audit(conn, "failed", actor, job=row, detail={"reason": reason, "worker": worker})
                 log.warning("job %s %s", row["id"], reason)
                 failed.append(row["id"])
         return failed

@@ -95,19 +95,22 @@ def run_job(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
             callbacks=Callbacks(progress=hooks.progress, cancelled=hooks.cancelled),
         )
         method = outcome.method
+        # the outcome and its audit entry (version, parent, whether it became active) in one transaction
         record = store.finish(job.id, outcome.status, version=outcome.version, result=_summary(outcome),
-                              reason=outcome.reason)
+                              reason=outcome.reason, detail={
+                                  "activated": outcome.activated, "method": outcome.method,
+                                  "worker": this_worker(), "duration_s": round(outcome.duration_s, 3)})
     except CancelledError:
-        record = _finish_quietly(store, job.id, "cancelled", None)
+        record = _finish_quietly(store, job.id, "cancelled", None, method)
     except LetheError as exc:
-        record = _finish_quietly(store, job.id, "failed", str(exc))
+        record = _finish_quietly(store, job.id, "failed", str(exc), method)
     except MemoryError:
-        record = _finish_quietly(store, job.id, "failed", "out of memory")
+        record = _finish_quietly(store, job.id, "failed", "out of memory", method)
     except OSError as exc:  # a full disk, a vanished upload
-        record = _finish_quietly(store, job.id, "failed", f"{type(exc).__name__}: {exc}")
+        record = _finish_quietly(store, job.id, "failed", f"{type(exc).__name__}: {exc}", method)
     except Exception as exc:
         log.exception("job %s crashed", job.id)
-        record = _finish_quietly(store, job.id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+        record = _finish_quietly(store, job.id, "failed", f"internal error: {type(exc).__name__}: {exc}", method)
     finally:
         stop_beat.set()
     m = metrics()
@@ -116,9 +119,11 @@ def run_job(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
     return record
 
 
-def _finish_quietly(store: JobStore, job_id: str, state: str, reason: str | None) -> JobRecord:
+def _finish_quietly(store: JobStore, job_id: str, state: str, reason: str | None,
+                    method: str | None = None) -> JobRecord:
+    detail = {"worker": this_worker(), **({"method": method} if method else {})}
     try:
-        return store.finish(job_id, state, reason=reason)  # type: ignore[arg-type]
+        return store.finish(job_id, state, reason=reason, detail=detail)  # type: ignore[arg-type]
     except JobFinishedError:
         return store.get(job_id)
 

@@ -1,10 +1,11 @@
 """``lethe``: bootstrap the embedded default, run forget jobs offline (the same job code the
-service runs), evaluate, list and activate versions."""
+service runs), evaluate, list and activate versions, and show the audit trail."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -179,8 +180,40 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_activate(args: argparse.Namespace) -> int:
     from unlearning.registry import Registry
 
-    manifest = Registry().activate(args.version, force=args.force)
+    registry = Registry()
+    try:
+        previous = registry.active(registry.get(args.version).model)
+    except LetheError:
+        previous = None  # activate names the problem
+    manifest = registry.activate(args.version, force=args.force)
+    try:
+        from service.admin import record_activation
+        from service.job_store import JobStore
+
+        actor = f"cli:{os.environ.get('USER') or os.getuid()}"
+        store = JobStore(lethe_home() / "jobs.sqlite")
+        record_activation(store, manifest, actor, previous=previous, force=args.force)
+    except Exception as exc:  # activated: an audit trail that cannot be written is only a warning
+        print(f"lethe: warning: the audit entry could not be written: {exc}", file=sys.stderr)
     print(f"active {manifest.model}: {manifest.version}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from service.job_store import JobStore
+
+    entries = JobStore(lethe_home() / "jobs.sqlite").audit_log(limit=args.limit)
+    if args.json:
+        _print_json([e.model_dump(mode="json") for e in entries])
+        return 0
+    if not entries:
+        print("no audit entries yet")
+    for e in entries:
+        what = " ".join(f"{k}={v}" for k, v in (("job", e.job_id), ("model", e.model), ("version", e.version),
+                                                   ("parent", e.parent), ("spec", e.spec_name)) if v)
+        spec = f" spec_hash={e.spec_hash[:12]}" if e.spec_hash else ""
+        print(f"{e.seq:6} {e.time[:19]}Z {e.actor:18} {e.action:9} {what}{spec}"
+              f"{' ' + json.dumps(e.detail, sort_keys=True) if e.detail else ''}")
     return 0
 
 
@@ -250,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version")
     p.add_argument("--force", action="store_true", help="also activate a rejected version")
     p.set_defaults(func=cmd_activate)
+
+    p = sub.add_parser("audit", help="the audit trail of admin actions and job outcomes, newest first")
+    p.add_argument("--limit", type=int, default=100, help="entries to show (1-1000, default 100)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
     return parser
 
 
