@@ -2,10 +2,10 @@
 
 A watcher thread reads the pointer every ``poll_s``. When it names another version, the
 thread verifies that version's files, builds its ONNX Runtime session (a generator's or an
-image-to-image model's) and runs one warm-up batch, all off the request path, then replaces ``current`` in one assignment. A request
-takes ``current`` once when it starts, so requests in flight finish on the session they
-started with. A version that cannot be loaded (corrupted, missing) is logged and the
-worker keeps serving what it has.
+image-to-image model's) and runs one warm-up batch, all off the request path, then
+replaces ``current`` in one assignment. A request takes ``current`` once when it starts,
+so requests in flight finish on the session they started with. A version that cannot be
+loaded (corrupted, missing) is logged and the worker keeps serving what it has.
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ METHOD = "i2i-encoder"
 def forget_mask(omega: RedactionSet, images: torch.Tensor) -> torch.Tensor:
     """Which real images belong to the forget set: in Omega by the spec's checks, equal to
     an upload, or (data-only specs) nearer the uploads than the kept data."""
-    mask = omega.omega_mask(images)
-    if omega.has_judge:
-        mask |= torch.cat([omega.in_omega(part) for part in images.split(1024)])
+    mask = omega.omega_mask(images)  # the rules, and exact matches of uploads
+    if omega.judge is not None and not omega.judge_splits_training:  # else omega_mask asked it already
+        mask |= torch.cat([omega.judge(part).to(mask.device) for part in images.split(1024)])
     return mask
 
 
