@@ -117,6 +117,7 @@ class AdminAPI:
             Route("/redactions/{job_id}/report", self.report, methods=["GET"]),
             Route("/models/{version}/activate", self.activate, methods=["POST"]),
             Route("/audit", self.audit, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
         app = Starlette(routes=routes, exception_handlers={
             LetheError: lambda request, exc: error(_status_for(exc), str(exc)),
@@ -244,6 +245,12 @@ class AdminAPI:
         manifest = await anyio.to_thread.run_sync(activate)
         log.warning("version %s activated by %s", version, actor)
         return JSONResponse({"active": manifest.version, "model": manifest.model, "status": manifest.status})
+
+    async def openapi(self, request: Request) -> JSONResponse:
+        """The OpenAPI document of /models and the admin API (BentoML's /docs.json has the rest)."""
+        from service.openapi import admin_openapi
+
+        return JSONResponse(admin_openapi())
 
     async def audit(self, request: Request) -> JSONResponse:
         """The audit trail, newest first: ``limit`` (default 100, at most 1000), ``since_seq``

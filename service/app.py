@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import threading
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import bentoml
@@ -26,13 +27,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.admin import AdminAPI
+from service.error_body import ErrorBodyShape
 from service.http_limits import BodySizeLimit
 from service.job_store import JobStore
 from service.metrics import metrics, publish_version
 from service.monitor import OnlineMonitor
 from service.settings import Settings
-from service.swap import ActiveGenerator, LoadedVersion, NotServableError
-from unlearning.errors import LetheError, NotFoundError
+from service.swap import ActiveGenerator, ActiveUnservableError, LoadedVersion, NotServableError
+from unlearning.errors import IntegrityError, LetheError, NotFoundError
 from unlearning.registry import Registry
 
 log = logging.getLogger("lethe.service")
@@ -119,6 +121,7 @@ class Lethe:
                     raise NotFoundError(f"model {model!r} is not hosted here (known: {known})")
                 self.actives[model] = ActiveGenerator(
                     self.registry, model, threads=SETTINGS.threads, poll_s=SETTINGS.swap_poll_s,
+                    retry_s=SETTINGS.swap_retry_s,
                     on_swap=self._swapped,
                 ).start()
             return self.actives[model]
@@ -137,6 +140,10 @@ class Lethe:
         for active in self.actives.values():
             active.stop()
         self.monitor.stop()
+
+    def __is_ready__(self) -> bool:
+        """BentoML's /readyz: not ready while a model's active version cannot be loaded."""
+        return all(active.ready for active in list(self.actives.values()))
 
     def _resolve(self, version: str | None, model: str | None, default: str) -> LoadedVersion:
         with _client_errors():
@@ -215,10 +222,15 @@ class Lethe:
 
 @contextlib.contextmanager
 def _client_errors():
-    """Our errors as HTTP answers: an unknown model or version is 404, anything else the
-    caller can fix (a rejected version, the wrong route for a model, bad pixels) is 400."""
+    """Our errors as HTTP answers: an unknown model or version is 404, a version whose files
+    fail their checksums (or an active version that would not load) is 409, anything else the caller can fix (a rejected version, the
+    wrong route for a model, bad pixels) is 400."""
     try:
         yield
+    except (ActiveUnservableError, IntegrityError) as exc:
+        # the server's files, not the caller's request: 409 as the admin API answers; not a
+        # 5xx, whose message BentoML replaces with "an unexpected error" (/readyz says 503)
+        raise bentoml.exceptions.BentoMLException(str(exc), error_code=HTTPStatus.CONFLICT) from None
     except NotServableError as exc:
         raise bentoml.exceptions.InvalidArgument(str(exc)) from None
     except NotFoundError as exc:
@@ -228,3 +240,4 @@ def _client_errors():
 
 
 Lethe.add_asgi_middleware(BodySizeLimit, limit=SETTINGS.max_request_bytes, admin_limit=SETTINGS.max_upload_bytes)
+Lethe.add_asgi_middleware(ErrorBodyShape)

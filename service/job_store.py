@@ -330,6 +330,11 @@ class JobStore:
                 f"job database {self.path} stayed locked by another process for more than "
                 f"{BUSY_TIMEOUT_MS / 1000:g} s; try again"
             )
+        name = getattr(exc, "sqlite_errorname", "")
+        if name == "SQLITE_FULL":
+            return JobStoreError(f"job database {self.path}: the disk is full ({exc}); free space and retry")
+        if name.startswith("SQLITE_IOERR") or name in ("SQLITE_READONLY", "SQLITE_CANTOPEN"):
+            return JobStoreError(f"job database {self.path} cannot be written ({name}: {exc})")
         return JobStoreError(
             f"job database {self.path} cannot be used ({exc}); it is not a readable SQLite "
             "database: move it aside and a new, empty one will be created"

@@ -27,17 +27,23 @@ def _bentoml_multiproc_dir() -> str:
     return str(Path(BentoMLContainer.prometheus_multiproc_dir.get()).absolute())
 
 
-def _wait_ready(port: int, server: subprocess.Popen) -> bool:
+def _probe(port: int, path: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def _wait_live(port: int, server: subprocess.Popen) -> bool:
+    """Wait for /livez, not /readyz: a service whose active version cannot be loaded is
+    live but not ready, and still needs its job worker (a job can promote a good version)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
             return False
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-                if reply.status == 200:
-                    return True
-        except OSError:
-            pass
+        if _probe(port, "/livez"):
+            return True
         time.sleep(0.5)
     return False
 
@@ -79,10 +85,13 @@ def serve(*, port: int = 3000, host: str = "0.0.0.0", workers: int = 1, job_work
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        if not _wait_ready(port, server):
-            print("lethe: the server did not become ready", file=sys.stderr)
+        if not _wait_live(port, server):
+            print("lethe: the server did not start", file=sys.stderr)
             return server.poll() or 1
         print(f"lethe: serving on http://{host}:{port} (admin API at /admin)", file=sys.stderr, flush=True)
+        if not _probe(port, "/readyz"):
+            print("lethe: not ready: an active version cannot be loaded (the log above names it); "
+                  "sampling is refused (409) until a good version is activated", file=sys.stderr, flush=True)
         worker_env = dict(env, PROMETHEUS_MULTIPROC_DIR=_bentoml_multiproc_dir())
         while not stopping:
             if server.poll() is not None:

@@ -29,6 +29,7 @@ class Settings(BaseModel):
     max_request_bytes: int = Field(description="largest sampling request body (413 above)")
     monitor_share: float = Field(description="LETHE_MONITOR_SHARE: share of served images the monitor checks")
     swap_poll_s: float = Field(description="LETHE_SWAP_POLL_S: how often each worker reads the active pointer")
+    swap_retry_s: float = Field(description="LETHE_SWAP_RETRY_S: how soon a version that would not load is retried")
     threads: int = Field(description="LETHE_THREADS: ONNX Runtime / torch threads per worker")
 
     @classmethod
@@ -49,6 +50,7 @@ class Settings(BaseModel):
             max_request_bytes=1 * MIB,
             monitor_share=share,
             swap_poll_s=_env_float("LETHE_SWAP_POLL_S", 0.25),
+            swap_retry_s=_env_float("LETHE_SWAP_RETRY_S", 30.0),
             # split the cores between workers: oversubscribed threads are many times slower
             threads=max(1, int(_env_float("LETHE_THREADS", max(1, cores // workers)))),
         )

@@ -5,13 +5,16 @@ thread verifies that version's files, builds its ONNX Runtime session (a generat
 image-to-image model's) and runs one warm-up batch, all off the request path, then
 replaces ``current`` in one assignment. A request takes ``current`` once when it starts,
 so requests in flight finish on the session they started with. A version that cannot be
-loaded (corrupted, missing) is logged and the worker keeps serving what it has.
+loaded (corrupted, missing) is logged and the worker keeps serving what it has, trying
+it again every ``retry_s`` (its file may be restored); with nothing loaded before,
+it serves nothing (``ActiveUnservableError``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +31,12 @@ _PINNED_CACHE = 2  # sessions kept for requests that name a non-active version
 
 class NotServableError(LetheError):
     """The requested version exists but is never served (rejected by its gates)."""
+
+
+class ActiveUnservableError(LetheError):
+    """The active pointer names a version this worker cannot load (corrupted, missing) and
+    it has nothing it loaded before. It refuses to sample (409; /readyz answers 503) rather
+    than fall back to an older version, which may still show what a later one forgot."""
 
 
 @dataclass(frozen=True)
@@ -75,12 +84,14 @@ class ActiveGenerator:
         *,
         threads: int,
         poll_s: float = 0.25,
+        retry_s: float = 30.0,
         on_swap: Callable[[LoadedVersion | None, LoadedVersion], None] | None = None,
     ):
         self.registry = registry
         self.model = model
         self.threads = threads
         self.poll_s = poll_s
+        self.retry_s = retry_s
         self.on_swap = on_swap
         self._current: LoadedVersion | None = None
         self._pinned: OrderedDict[str, LoadedVersion] = OrderedDict()
@@ -88,13 +99,23 @@ class ActiveGenerator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed: str | None = None  # a pointer target that would not load: logged once
+        self._failure = ""  # why it would not load
+        self._failed_at = 0.0
 
     @property
     def current(self) -> LoadedVersion:
         current = self._current
         if current is None:
+            if self._failed is not None:
+                raise ActiveUnservableError(
+                    f"the active version {self._failed!r} of {self.model!r} cannot be served: {self._failure}")
             raise NotFoundError(f"no active version of {self.model!r}: run `lethe bootstrap` or activate one")
         return current
+
+    @property
+    def ready(self) -> bool:
+        """False only when the active version would not load and nothing else was loaded."""
+        return self._current is not None or self._failed is None
 
     def start(self) -> "ActiveGenerator":
         self.refresh()
@@ -111,12 +132,14 @@ class ActiveGenerator:
         """Swap if the pointer names another version; True when a swap happened."""
         target = self.registry.active(self.model)
         current = self._current
-        if target is None or (current is not None and current.version == target) or target == self._failed:
+        if target is None or (current is not None and current.version == target):
+            return False
+        if target == self._failed and time.monotonic() - self._failed_at < self.retry_s:
             return False
         try:
             loaded = self._pinned.get(target) or load_version(self.registry, target, self.threads, active=True)
         except LetheError as exc:
-            self._failed = target
+            self._failed, self._failure, self._failed_at = target, str(exc), time.monotonic()
             kept = current.version if current else "nothing"
             log.error("cannot serve %s (%s); still serving %s", target, exc, kept)
             return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import re
@@ -16,11 +17,18 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 
 TOKEN = "test-admin-token"
 FINAL = {"promoted", "rejected", "failed", "cancelled"}
+# a job that passes quickly even on a 2-epoch bootstrap: 1 epoch, small gate samples, permissive gates
+QUICK_SPEC = {"sets": [{"kind": "classifier", "classifier": "digits", "score": {"type": "one_minus_prob", "label": 0},
+                        "tau": 0.5}],
+              "hyperparameters": {"epochs": 1, "monitor_samples": 200},
+              "gates": {"eval_samples": 200, "max_invalidity": 1.0, "max_fid_increase": 1e6,
+                        "min_class_share_ratio": 0.0}}
 
 
 def free_port() -> int:
@@ -30,7 +38,8 @@ def free_port() -> int:
 
 
 class LetheServer:
-    def __init__(self, home: Path, bentoml_home: Path, *, workers: int = 2, env: dict[str, str] | None = None):
+    def __init__(self, home: Path, bentoml_home: Path, *, workers: int = 2, env: dict[str, str] | None = None,
+                 job_worker: bool = True):
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -38,21 +47,26 @@ class LetheServer:
         self.env = dict(os.environ, LETHE_HOME=str(home), BENTOML_HOME=str(bentoml_home),
                         LETHE_ADMIN_TOKEN=TOKEN, LETHE_SWAP_POLL_S="0.2", **(env or {}))
         self.workers = workers
+        self.job_worker = job_worker
         self.process: subprocess.Popen | None = None
         self.client = httpx.Client(base_url=self.url, timeout=120)
 
-    def start(self) -> "LetheServer":
+    def start(self, *, ready: bool = True) -> "LetheServer":
+        """Start and wait for /readyz (``ready=False``: only /livez, for a server that is
+        meant to come up unable to serve)."""
         lethe = Path(sys.executable).with_name("lethe")
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [str(lethe), "serve", "--port", str(self.port), "--workers", str(self.workers), "--host", "127.0.0.1"],
+            [str(lethe), "serve", "--port", str(self.port), "--workers", str(self.workers), "--host", "127.0.0.1",
+             *([] if self.job_worker else ["--no-job-worker"])],
             env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"lethe serve exited early:\n{self.log()}"
             try:
-                if self.client.get("/readyz", timeout=2).status_code == 200 and self.job_worker_pid():
+                if self.client.get("/readyz" if ready else "/livez", timeout=2).status_code == 200 and (
+                        self.job_worker_pid() or not self.job_worker):
                     return self
             except httpx.HTTPError:
                 pass
@@ -61,14 +75,28 @@ class LetheServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            tree = self.processes()
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+            _, alive = psutil.wait_procs(tree, timeout=10)
+            for process in alive:  # nothing outlives the test
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
         self.client.close()
         self._log.close()
+
+    def processes(self) -> list[psutil.Process]:
+        """`lethe serve` and everything it started (BentoML's workers run in their own
+        process groups, so the launcher's group is not all of it)."""
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
@@ -78,6 +106,25 @@ class LetheServer:
         out = subprocess.run(["pgrep", "-f", "-P", str(self.process.pid), "service.worker"],
                              capture_output=True, text=True).stdout.split()
         return int(out[0]) if out else None
+
+    def serving_worker_pids(self) -> list[int]:
+        """BentoML's serving worker processes (the arbiter's ``_bentoml_impl.worker`` children)."""
+        pids = []
+        for process in self.processes():
+            with contextlib.suppress(psutil.Error):
+                if "_bentoml_impl.worker" in " ".join(process.cmdline()):
+                    pids.append(process.pid)
+        return sorted(pids)
+
+    def kill(self) -> None:
+        """kill -9 of everything `lethe serve` started (launcher, arbiter, workers, job
+        worker) at once, as when a machine or container dies."""
+        tree = self.processes()
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(tree, timeout=30)
+        self.process.wait(30)
 
     # ---------------------------------------------------------------------- sampling
 
@@ -108,7 +155,8 @@ class LetheServer:
         """Seconds until a request (for ``model``, default the service's) is answered by ``version``."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
-            if self.generate(n=1, seed=0, **({"model": model} if model else {})).json()["model_version"] == version:
+            reply = self.generate(n=1, seed=0, **({"model": model} if model else {}))
+            if reply.status_code == 200 and reply.json()["model_version"] == version:
                 return time.monotonic() - start
             time.sleep(0.05)
         raise AssertionError(f"{version} not served within {timeout} s")
@@ -156,6 +204,34 @@ class LetheServer:
                 labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', match.group(2) or "")))
                 out[(match.group(1), labels)] = float(match.group(3))
         return out
+
+
+def wait_until(condition, timeout: float, what: str):
+    """``condition()``'s first true value within ``timeout`` seconds (else fail saying ``what``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not {what} within {timeout:g} s")
+
+
+def copy_version(home: Path, version: str, **fields: Any) -> str:
+    """A new, complete version of ``version``'s model holding the same files (``fields``:
+    manifest fields such as ``status``, ``spec``, ``metrics``); returns its name."""
+    from unlearning.registry import Registry
+
+    registry = Registry(home)
+    source = registry.get(version)
+
+    def write_files(folder: Path) -> None:
+        for name in source.files:
+            (folder / name).write_bytes(registry.file_path(version, name).read_bytes())
+
+    fields = {"parent": version, "status": "promoted", "dataset": source.dataset,
+              "classifier": source.classifier, **fields}
+    return registry.create_version(source.model, write_files, **fields).version
 
 
 def decode(images_b64: list[str]) -> torch.Tensor:

@@ -13,7 +13,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -245,35 +244,15 @@ REFUSED = {"name": "audit-refused", "sets": [{"kind": "validity", "rule": {
 
 @pytest.fixture(scope="module")
 def server(quick_home, tmp_path_factory):
-    from serving import LetheServer
-    from unlearning.registry import Registry
+    from serving import LetheServer, copy_version
 
     root = tmp_path_factory.mktemp("audit")
     home = root / "home"
     shutil.copytree(quick_home, home)
-    base = home / "versions" / "digits-v1"
-
-    def copy_of_base(folder: Path) -> None:
-        for path in base.iterdir():
-            if path.name != "manifest.json":
-                (folder / path.name).write_bytes(path.read_bytes())
-
-    second = Registry(home).create_version("digits", copy_of_base, parent="digits-v1", spec=VALID,
-                                           status="promoted", dataset="digits", classifier="digits")
-    assert second.version == "digits-v2"
+    assert copy_version(home, "digits-v1", spec=VALID) == "digits-v2"
     srv = LetheServer(home, root / "bentoml", workers=1).start()
     yield srv
     srv.stop()
-
-
-def _wait(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not within {timeout} s")
 
 
 def test_admin_actions_are_in_the_audit_trail(server):
@@ -295,7 +274,9 @@ def test_admin_actions_are_in_the_audit_trail(server):
     submitted = server.submit(VALID)
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["job_id"]
-    _wait(lambda: server.job(job_id)["state"] != "queued", 60, "the job worker claiming the job")
+    from serving import wait_until
+
+    wait_until(lambda: server.job(job_id)["state"] != "queued", 60, "the job worker claiming the job")
     cancelled = server.client.post(f"/admin/redactions/{job_id}/cancel", headers=server.auth)
     assert cancelled.status_code in (200, 202), cancelled.text
     job = server.wait_job(job_id, timeout=90)

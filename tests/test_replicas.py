@@ -10,15 +10,10 @@ import time
 
 import pytest
 
-from serving import LetheServer
+from serving import QUICK_SPEC as QUICK, LetheServer
 
 pytestmark = pytest.mark.slow
 
-# a quick job that passes: 1 epoch, small gate samples, permissive gates
-QUICK = {"sets": [{"kind": "classifier", "classifier": "digits", "score": {"type": "one_minus_prob", "label": 0},
-                   "tau": 0.5}],
-         "hyperparameters": {"epochs": 1, "monitor_samples": 200},
-         "gates": {"eval_samples": 200, "max_invalidity": 1.0, "max_fid_increase": 1e6, "min_class_share_ratio": 0.0}}
 ACTIVE_STATES = {"running", "validating"}
 
 
