@@ -222,9 +222,9 @@ class Lethe:
 
 @contextlib.contextmanager
 def _client_errors():
-    """Our errors as HTTP answers: an unknown model or version is 404, a version whose files
-    fail their checksums (or an active version that would not load) is 409, anything else the caller can fix (a rejected version, the
-    wrong route for a model, bad pixels) is 400."""
+    """Our errors as HTTP answers: an unknown model or version is 404; a version whose files
+    fail their checksums (or an active version that would not load) is 409; anything else
+    the caller can fix (a rejected version, the wrong route for a model, bad pixels) is 400."""
     try:
         yield
     except (ActiveUnservableError, IntegrityError) as exc:

@@ -9,6 +9,7 @@ what they accept and return. The fuzz tests (``tests/test_fuzz.py``) run against
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -44,6 +45,7 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
+@lru_cache(maxsize=1)  # built once per worker: it only depends on the code
 def admin_openapi() -> dict[str, Any]:
     from unlearning.spec.schema import ForgetSpec
 

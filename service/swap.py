@@ -98,7 +98,7 @@ class ActiveGenerator:
         self._pinned_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failed: str | None = None  # a pointer target that would not load: logged once
+        self._failed: str | None = None  # a pointer target that would not load (retried after retry_s)
         self._failure = ""  # why it would not load
         self._failed_at = 0.0
 
