@@ -135,6 +135,13 @@ _MIGRATIONS: dict[int, list[str]] = {
 assert sorted(_MIGRATIONS) == list(range(2, SCHEMA_VERSION + 1))
 
 
+def _interrupted_after_storing(why: str, version: str, status: str) -> str:
+    if status == "promoted":
+        return (f"interrupted: {why} after storing {version}, which passed its gates, and before "
+                f"activating it; to serve it: POST /admin/models/{version}/activate")
+    return f"interrupted: {why} after storing {version} as {status}; restart the job to try again"
+
+
 class JobStoreError(LetheError):
     """The job database cannot be opened or read (not SQLite, corrupted, newer schema)."""
 
@@ -727,7 +734,7 @@ class JobStore:
 
     def recover(
         self, *, alive: Callable[[str], bool] | None = None, stale_after_s: float = 60.0,
-        actor: str = WORKER_ACTOR,
+        actor: str = WORKER_ACTOR, stored: Callable[[str], tuple[str, str] | None] | None = None,
     ) -> list[str]:
         """Fail every running/validating job whose worker is gone; return their ids.
 
@@ -736,7 +743,12 @@ class JobStore:
         restarted container often reuses the dead worker's pid); a worker on another host
         (or an unreadable worker name) is alive while its heartbeat is younger than
         ``stale_after_s`` (clocks of the hosts must roughly agree). Call when a job worker
-        starts, before it claims anything. Each failed job gets a ``failed`` audit entry."""
+        starts, before it claims anything. Each failed job gets a ``failed`` audit entry.
+
+        ``stored(job_id)`` names the version (and its status) a job stored before it died,
+        if any: a crash between storing a version and activating it. The job then records
+        that version and its reason says how to serve it; nothing is activated behind the
+        operator's back (they may have rolled back since)."""
         host = socket.gethostname()
         failed: list[str] = []
         with self._write() as conn:
@@ -761,12 +773,17 @@ class JobStore:
                     continue
                 now = _now()
                 reason = f"interrupted: {why} while {row['state']}; restart the job to try again"
+                left = stored(row["id"]) if stored is not None else None
+                version = left[0] if left else None
+                if left is not None:
+                    reason = _interrupted_after_storing(why, *left)
                 conn.execute(
-                    """UPDATE jobs SET state = 'failed', reason = ?, finished_at = ?, updated_at = ?
-                       WHERE id = ?""",
-                    (reason, now, now, row["id"]),
+                    """UPDATE jobs SET state = 'failed', reason = ?, version = ?, finished_at = ?,
+                       updated_at = ? WHERE id = ?""",
+                    (reason, version, now, now, row["id"]),
                 )
-                self._audit(conn, "failed", actor, job=row, detail={"reason": reason, "worker": worker})
+                self._audit(conn, "failed", actor, job=row, version=version,
+                            detail={"reason": reason, "worker": worker})
                 log.warning("job %s %s", row["id"], reason)
                 failed.append(row["id"])
         return failed

@@ -15,10 +15,13 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.job_store import JobFinishedError, JobRecord, JobStore, this_worker
 from unlearning.errors import CancelledError, LetheError
+
+if TYPE_CHECKING:
+    from unlearning.registry import Registry
 
 log = logging.getLogger("lethe.worker")
 
@@ -92,7 +95,7 @@ def run_job(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
             job.spec, registry=Registry(home), parent=job.parent,
             uploads_dir=Path(job.uploads_dir) if job.uploads_dir else None,
             report_dir=home / "reports" / "jobs" / job.id,
-            callbacks=Callbacks(progress=hooks.progress, cancelled=hooks.cancelled),
+            callbacks=Callbacks(progress=hooks.progress, cancelled=hooks.cancelled), job_id=job.id,
         )
         method = outcome.method
         # the outcome and its audit entry (version, parent, whether it became active) in one transaction
@@ -128,16 +131,26 @@ def _finish_quietly(store: JobStore, job_id: str, state: str, reason: str | None
         return store.get(job_id)
 
 
+def _stored_by(registry: Registry, job_id: str) -> tuple[str, str] | None:
+    """The version (and its status) a dead job stored before it could finish, if any."""
+    found = [m for m in registry.list_versions() if m.job == job_id]
+    return (found[-1].version, found[-1].status) if found else None
+
+
 def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False) -> None:
     """Recover, then take queued jobs one at a time until SIGTERM/SIGINT."""
+    from unlearning.registry import Registry
+
+    store = JobStore(home / "jobs.sqlite")
+    registry = Registry(home)
+    failed = store.recover(stored=lambda job_id: _stored_by(registry, job_id))
+    if failed:
+        log.warning("failed %d job(s) interrupted by a previous crash: %s", len(failed), ", ".join(failed))
+
     import torch
 
     from unlearning.runtime import pick_device
 
-    store = JobStore(home / "jobs.sqlite")
-    failed = store.recover()
-    if failed:
-        log.warning("failed %d job(s) interrupted by a previous crash: %s", len(failed), ", ".join(failed))
     stopping = threading.Event()
 
     def stop(signum, frame) -> None:

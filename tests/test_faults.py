@@ -144,8 +144,16 @@ def test_kill_9_of_the_server_during_a_promotion(quick_home, tmp_path, moment):
     restarted = LetheServer(home, tmp_path / "bentoml-2", workers=1).start()
     try:
         assert restarted.generate(n=1, seed=0).json()["model_version"] == active
-        job = restarted.job(job_id)
+        job = restarted.wait_job(job_id, timeout=60)  # the new job worker recovers as it starts
         assert job["state"] == "failed" and job["reason"].startswith("interrupted:"), job
+        stored = [m for m in registry.list_versions("digits") if m.job == job_id]
+        if stored:  # killed after its version was stored: the job names it and how to serve it
+            assert job["version"] == stored[0].version and stored[0].version != active, job
+            assert f"POST /admin/models/{stored[0].version}/activate" in job["reason"], job
+        else:
+            assert job["version"] is None, job
+        if moment != "writing the version":
+            assert stored, "the kill came after the rename, so the version must be listed"
         # nothing is wedged (lock, database, registry): the next job is stored, promoted and served
         reply = restarted.submit({"name": "after-the-crash", **QUICK_SPEC})
         assert reply.status_code == 202, reply.text

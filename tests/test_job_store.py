@@ -255,6 +255,28 @@ def test_recover_fails_jobs_of_dead_workers_only(store):
     assert "stopped sending heartbeats" in store.get(remote.id).reason
 
 
+def test_recover_names_the_version_a_dead_job_stored(store):
+    """A crash between storing a version and activating it: the job says which version it
+    left and how to serve it; a job that stored nothing says to restart."""
+    left = {"promoted-job": ("digits-v7", "promoted"), "rejected-job": ("digits-v8", "rejected"), "no-version": None}
+    jobs = {}
+    for name, stored in left.items():  # one running job at a time
+        jobs[name] = _submit(store, name)
+        assert store.claim_next("elsewhere.invalid:1").id == jobs[name].id
+        assert store.recover(stale_after_s=0, stored={jobs[name].id: stored}.get) == [jobs[name].id]
+
+    promoted = store.get(jobs["promoted-job"].id)
+    assert promoted.state == "failed" and promoted.version == "digits-v7"
+    assert "after storing digits-v7, which passed its gates" in promoted.reason
+    assert promoted.reason.endswith("to serve it: POST /admin/models/digits-v7/activate")
+    rejected = store.get(jobs["rejected-job"].id)
+    assert rejected.version == "digits-v8" and "as rejected; restart the job" in rejected.reason
+    nothing = store.get(jobs["no-version"].id)
+    assert nothing.version is None and nothing.reason.endswith("restart the job to try again")
+    audited = {e.job_id: e.version for e in store.audit_log(action="failed")}
+    assert audited == {job.id: left[name] and left[name][0] for name, job in jobs.items()}
+
+
 def test_recover_sees_through_a_reused_pid(store):
     job = _submit(store)
     store.claim_next(this_worker())

@@ -93,6 +93,7 @@ def store_version(
     metrics: dict[str, Any],
     *,
     activate: bool,
+    job_id: str | None = None,
 ) -> tuple[VersionManifest, Literal["promoted", "rejected"], str | None, bool]:
     """Register the candidate (its edited components, the parent's other components, the
     ONNX graph) as promoted or rejected by ``gates``, and activate it if promoted and asked:
@@ -110,7 +111,7 @@ def store_version(
 
     manifest = registry.create_version(
         parent.model, write_files, parent=parent.version, spec=spec.model_dump(mode="json"), metrics=metrics,
-        status=status, reason=reason, dataset=parent.dataset, classifier=parent.classifier,
+        status=status, reason=reason, dataset=parent.dataset, classifier=parent.classifier, job=job_id,
     )
     activated = status == "promoted" and activate
     if activated:
@@ -301,7 +302,12 @@ def run_redaction(
     activate: bool = True,
     inception_weights: Path | None = None,
     model: str | None = None,
+    job_id: str | None = None,
 ) -> JobOutcome:
+    """Run ``spec`` against ``parent`` (or the active version of ``model``): train, judge
+    by the gates, export, store the version and activate it if promoted and ``activate``.
+    ``job_id`` is recorded in the version's manifest, so a crash between storing and
+    activating can be traced back to its job."""
     started = time.monotonic()
     spec = load_spec(spec)
     registry = registry or Registry()
@@ -317,7 +323,8 @@ def run_redaction(
         from unlearning.jobs_i2i import run_i2i_redaction
 
         return run_i2i_redaction(spec, registry, parent_manifest, omega, domain, uploads_dir=uploads_dir,
-                                 report_dir=report_dir, callbacks=callbacks, activate=activate, started=started)
+                                 report_dir=report_dir, callbacks=callbacks, activate=activate, started=started,
+                                 job_id=job_id)
     _require_judge_for_attack_gate(spec, omega)
     # Select epochs at half the gate's limit: the monitor's 2,000 samples are noisy, and an
     # epoch chosen right at the limit fails the gate's fresh samples by chance.
@@ -368,6 +375,7 @@ def run_redaction(
                    "history": result.history, "gates": [g.model_dump() for g in gates]}
         manifest, status, reason, activated = store_version(
             registry, parent_manifest, spec, components, onnx_path, gates, metrics, activate=activate,
+            job_id=job_id,
         )
     outcome = JobOutcome(
         version=manifest.version, parent=parent_manifest.version, status=status, activated=activated,

@@ -107,6 +107,7 @@ def run_i2i_redaction(
     callbacks: Callbacks,
     activate: bool,
     started: float,
+    job_id: str | None = None,
 ):
     from unlearning.jobs import JobOutcome, _stage, store_version
 
@@ -137,6 +138,7 @@ def run_i2i_redaction(
                    "gates": [g.model_dump() for g in gates]}
         manifest, status, reason, activated = store_version(
             registry, parent, spec, {INPAINTER: edited}, onnx_path, gates, metrics, activate=activate,
+            job_id=job_id,
         )
     outcome = JobOutcome(
         version=manifest.version, parent=parent.version, status=status, activated=activated, method=METHOD,

@@ -75,6 +75,7 @@ class VersionManifest(BaseModel):
     reason: str | None = Field(None, description="why it was rejected")
     dataset: str | None = None
     classifier: str | None = Field(None, description="name of the domain classifier")
+    job: str | None = Field(None, description="id of the service job that made it")
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256 hex")
 
     @property
@@ -250,6 +251,7 @@ class Registry:
         reason: str | None = None,
         dataset: str | None = None,
         classifier: str | None = None,
+        job: str | None = None,
     ) -> VersionManifest:
         """Store a new version of ``model``: ``write_files(folder)`` writes its files into a
         private temporary folder; they are checksummed and fsynced, then the folder appears
@@ -277,6 +279,7 @@ class Registry:
                     reason=reason,
                     dataset=dataset,
                     classifier=classifier,
+                    job=job,
                     files=files,
                 )
                 _write_json_atomic(tmp / MANIFEST, manifest.model_dump(mode="json"))
