@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from service.audit import record_activation
 from service.http_limits import RequestTooLarge
 from service.job_store import AUDIT_MAX_LIMIT, JobFinishedError, JobStore, JobStoreBusyError
 from service.settings import Settings
@@ -273,27 +274,6 @@ class AdminAPI:
         entries = self.store.audit_log(limit=numbers["limit"], since_seq=numbers["since_seq"],
                                        action=params.get("action"), job_id=params.get("job_id"))
         return JSONResponse({"entries": [e.model_dump(mode="json") for e in entries]})
-
-
-def record_activation(store: JobStore, manifest, actor: str, *, previous: str | None, force: bool) -> None:
-    """Append the ``activate`` entry for a version that is now active. The activation has
-    happened: a failure to record it is logged, never raised."""
-    try:
-        spec_name = spec_digest = None
-        if manifest.spec:
-            from unlearning.spec import load_spec, spec_hash
-
-            spec_name = manifest.spec.get("name")
-            try:
-                spec_digest = spec_hash(load_spec(manifest.spec))
-            except Exception:  # a spec an older Lethe wrote: record the rest
-                spec_digest = None
-        store.record("activate", actor, model=manifest.model, version=manifest.version,
-                     parent=manifest.parent, spec_name=spec_name, spec_hash=spec_digest,
-                     detail={"previous": previous, "force": force, "status": manifest.status})
-    except Exception as exc:
-        log.warning("version %s was activated by %s, but the audit entry could not be written: %s",
-                    manifest.version, actor, exc)
 
 
 def _onnx_names(spec) -> set[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from service.admin import record_activation
+from service.audit import record_activation
 from service.job_store import SCHEMA_VERSION, AuditEntry, JobStore, this_worker
 from unlearning.errors import LetheError
 
@@ -198,7 +198,7 @@ def test_a_failed_audit_write_never_fails_an_activation(tmp_path, caplog):
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     path.write_bytes(b"\x00garbage" * 2000)
-    with caplog.at_level(logging.WARNING, logger="service.admin"):
+    with caplog.at_level(logging.WARNING, logger="service.audit"):
         record_activation(store, Manifest, "token:x", previous="digits-v1", force=False)  # no raise
     assert "digits-v2 was activated by token:x, but the audit entry could not be written" in caplog.text
 

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import snapshot
+from service.job_store import JobStore
 from serving import copy_version
 from unlearning.registry import Registry
 
@@ -171,6 +172,14 @@ def test_redact_promotes_reports_and_rolls_back(quick_copy, tmp_path):
     assert rollback.returncode == 0, rollback.stderr
     assert rollback.stdout.strip() == f"active digits: {BASE}"
     assert active_of(models_json(quick_copy)) == [BASE]
+
+    # both are in the audit trail, as the service's jobs and activations would be
+    rolled_back, promoted = JobStore(quick_copy / "jobs.sqlite").audit_log()
+    assert (promoted.action, promoted.version, promoted.parent, promoted.spec_name) == (
+        "promoted", "digits-v2", BASE, "forget-zero-tiny")
+    assert promoted.actor.startswith("cli:") and len(promoted.spec_hash) == 64
+    assert promoted.detail == {"activated": True, "method": "kong-classifier", "reason": None, "offline": True}
+    assert (rolled_back.action, rolled_back.version, rolled_back.detail["previous"]) == ("activate", BASE, "digits-v2")
 
 
 def test_activate_a_corrupted_version_names_the_file(quick_copy):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,26 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(write) -> None:
+    """Append the CLI's audit entry with ``write(store, actor)``; the change it records has
+    happened, so a trail that cannot be written is only a warning."""
+    from service.audit import cli_actor
+    from service.job_store import JobStore
+
+    try:
+        written = write(JobStore(lethe_home() / "jobs.sqlite"), cli_actor())
+    except Exception as exc:
+        written, why = False, f": {exc}"
+    else:
+        why = " (see the log above)"
+    if not written:
+        print(f"lethe: warning: the audit entry could not be written{why}", file=sys.stderr)
+
+
 def cmd_redact(args: argparse.Namespace) -> int:
+    from service.audit import record_version_event
     from unlearning.jobs import run_redaction
+    from unlearning.registry import Registry
     from unlearning.progress import progress_bar
     from unlearning.spec import load_spec
 
@@ -57,6 +74,9 @@ def cmd_redact(args: argparse.Namespace) -> int:
             report_dir=report_root / spec.name, activate=not args.no_activate,
             inception_weights=args.inception_weights, model=args.model,
         )
+    _audit(lambda store, actor: record_version_event(
+        store, outcome.status, Registry().get(outcome.version), actor,
+        {"activated": outcome.activated, "method": outcome.method, "reason": outcome.reason, "offline": True}))
     if args.json:
         _print_json(outcome.model_dump(mode="json"))
         return 0 if outcome.status == "promoted" else 3
@@ -178,6 +198,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_activate(args: argparse.Namespace) -> int:
+    from service.audit import record_activation
     from unlearning.registry import Registry
 
     registry = Registry()
@@ -186,15 +207,7 @@ def cmd_activate(args: argparse.Namespace) -> int:
     except LetheError:
         previous = None  # activate names the problem
     manifest = registry.activate(args.version, force=args.force)
-    try:
-        from service.admin import record_activation
-        from service.job_store import JobStore
-
-        actor = f"cli:{os.environ.get('USER') or os.getuid()}"
-        store = JobStore(lethe_home() / "jobs.sqlite")
-        record_activation(store, manifest, actor, previous=previous, force=args.force)
-    except Exception as exc:  # activated: an audit trail that cannot be written is only a warning
-        print(f"lethe: warning: the audit entry could not be written: {exc}", file=sys.stderr)
+    _audit(lambda store, actor: record_activation(store, manifest, actor, previous=previous, force=args.force))
     print(f"active {manifest.model}: {manifest.version}")
     return 0
 
