@@ -82,3 +82,40 @@ def test_forget_outputs_move_far_and_retain_outputs_stay(inpainting, retain):
                       "retain_fid": [before["retain"]["fid"], after["retain"]["fid"]]}))
     assert forget_ratio >= 3, (before["forget"], after["forget"])
     assert retain_ratio <= 1.2, (before["retain"], after["retain"])
+
+
+def test_a_job_from_uploaded_images_alone(base_copy, tmp_path):
+    """No class, no rule, no classifier: only a file of the training images to forget (every
+    zero). Each counts once; the held-out images nearer the uploads than the kept data are
+    judged as forget inputs; the job passes its own forget / retain gates, and the other
+    digits' restorations stay as good, by a check the job does not run itself."""
+    from unlearning.data import digits_splits
+    from unlearning.data.files import save_images_npz
+    from unlearning.jobs import run_redaction
+
+    train, held_out = digits_splits()
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    save_images_npz(train.images[train.labels == 0], uploads / "zeros.npz")
+    registry = Registry(base_copy)
+    parent = registry.active("digits-inpainter")
+    spec = {"name": "inpaint-forget-uploads", "sets": [{"kind": "data", "files": ["zeros.npz"]}]}
+
+    outcome = run_redaction(spec, registry=registry, model="digits-inpainter", uploads_dir=uploads)
+
+    assert outcome.method == "i2i-encoder" and outcome.parent == parent
+    gates = {g.name: g.value for g in outcome.gates}
+    print(json.dumps({"gates": gates, "stats": outcome.stats}, default=str))
+    assert outcome.status == "promoted" and outcome.activated, outcome.reason
+    assert gates["forget_fid_ratio"] >= 3 and gates["retain_fid_ratio"] <= 1.2, gates
+    zeros = int((train.labels == 0).sum())
+    assert outcome.stats["forget_from_training"] == zeros and outcome.stats["forget_uploads_outside_training"] == 0
+    held_out_zeros = int((held_out.labels == 0).sum())
+    forget_inputs = outcome.before["forget"]["images"]
+    assert zeros + 0.8 * held_out_zeros <= forget_inputs <= zeros + 1.2 * held_out_zeros, forget_inputs
+
+    domain = load_domain(registry, registry.get(outcome.version), device=torch.device("cpu"))
+    others = held_out.images[held_out.labels != 0]
+    before = judge_inpainter(registry.load_inpainter(parent), domain, {"retain": others})
+    after = judge_inpainter(registry.load_inpainter(outcome.version), domain, {"retain": others})
+    assert after["retain"]["fid"] <= 1.2 * before["retain"]["fid"], (before, after)

@@ -26,7 +26,7 @@ from unlearning.methods import Callbacks, hyperparameters
 from unlearning.methods.i2i import I2IHyperparameters, unlearn_encoder
 from unlearning.registry import INPAINTER, Registry, VersionManifest
 from unlearning.spec import ForgetSpec, retain_files
-from unlearning.spec.checks import RedactionSet
+from unlearning.spec.checks import RedactionSet, matches_any
 
 METHOD = "i2i-encoder"
 
@@ -40,18 +40,26 @@ def forget_mask(omega: RedactionSet, images: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def forget_and_retain(omega: RedactionSet, domain: Domain) -> dict[str, torch.Tensor]:
-    """Training forget / retain images and the evaluation inputs of each."""
+def forget_and_retain(omega: RedactionSet, domain: Domain) -> dict[str, Any]:
+    """Training forget / retain images and the evaluation inputs of each. Every image
+    counts once: an upload that is also a training (or held-out) image is not added again.
+    Uploads alone forget those images; training images merely like them stay in the retain
+    set (a class or classifier rule names a concept)."""
     train = domain.train.images.to(domain.device)
     held_out = domain.held_out.images.to(domain.device)
     in_train, in_held_out = forget_mask(omega, train), forget_mask(omega, held_out)
     forget = train[in_train]
-    if omega.negatives is not None and len(omega.negatives):
-        forget = torch.cat([omega.negatives.to(domain.device), forget])
+    uploads = omega.negatives.to(domain.device) if omega.negatives is not None else train[:0]
+    uploads = uploads[~matches_any(uploads, train)] if len(uploads) else uploads
+    forget = torch.cat([forget, uploads])
     if len(forget) == 0:
         raise SpecError("sets: no training image and no upload is in the forget set, so there is nothing to forget")
+    held_out_forget = held_out[in_held_out]
+    if len(uploads) and len(held_out_forget):
+        held_out_forget = held_out_forget[~matches_any(held_out_forget, uploads)]
     return {"forget": forget, "retain": train[~in_train],
-            "eval_forget": torch.cat([forget, held_out[in_held_out]]), "eval_retain": held_out[~in_held_out]}
+            "eval_forget": torch.cat([forget, held_out_forget]), "eval_retain": held_out[~in_held_out],
+            "forget_from_training": int(in_train.sum()), "forget_uploads_outside_training": len(uploads)}
 
 
 def _retain_uploads(spec: ForgetSpec, uploads_dir: Path | None, domain: Domain) -> torch.Tensor | None:
@@ -123,6 +131,7 @@ def run_i2i_redaction(
     )
     if uploaded_retain is not None and hp.retain == "data":
         stats["retain"] = "uploaded"
+    stats.update({key: sets[key] for key in ("forget_from_training", "forget_uploads_outside_training")})
     callbacks.check_cancelled()
     callbacks.progress(0.8, {"stage": "validating"})
     inputs = {"forget": sets["eval_forget"], "retain": sets["eval_retain"]}

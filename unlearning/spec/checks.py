@@ -396,7 +396,7 @@ class NearestNeighbourJudge:
             return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=x.device)
 
 
-def _matches_any(images: Tensor, negatives: Tensor, tol: float = EXACT_MATCH_TOLERANCE) -> Tensor:
+def matches_any(images: Tensor, negatives: Tensor, tol: float = EXACT_MATCH_TOLERANCE) -> Tensor:
     """(N,) bool: image i equals some negative (max abs pixel difference < tol, in [0, 1]
     units, i.e. 2*tol in [-1, 1]). Candidates come from squared L2 distances (float64, exact
     enough), then each candidate pair is checked pixel by pixel."""
@@ -524,7 +524,7 @@ class RedactionSet:
                         f"training images have shape {tuple(chunk.shape[1:])} but the uploaded negatives "
                         f"have {tuple(self.negatives.shape[1:])}"
                     )
-                mask |= _matches_any(chunk, self.negatives)
+                mask |= matches_any(chunk, self.negatives)
             out.append(mask)
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=images.device)
 
