@@ -314,6 +314,15 @@ def test_image_to_image_unlearning_over_http(server, promoted, classifier):
     assert kept >= 0.95 and zeros_kept < 0.8, (kept, zeros_kept)
     # a pinned version still answers as it did
     assert torch.equal(server.restored(zeros, version=base)[1], zeros_before)
+    # the online monitor watches /inpaint too: the share of restorations that still show a zero
+    key = lambda version: ("lethe_served_invalidity_ratio", (("model_version", version), ("spec", spec["name"])))  # noqa: E731
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not {key(base), key(job["version"])} <= set(server.metrics()):
+        server.restored(zeros, version=base)
+        server.restored(zeros)
+        time.sleep(0.2)
+    served = server.metrics()
+    assert served[key(base)] >= 0.9 and served[key(job["version"])] <= served[key(base)] - 0.2, served
     report = server.client.get(f"/admin/redactions/{job['id']}/report", headers=server.auth)
     assert report.status_code == 200 and "forget inputs" in report.text and "data:image/png;base64" in report.text
 
