@@ -12,9 +12,10 @@ promote and hot-swap. The timeline is cut into phases:
 * ``after``: sampling only, from the second swap to the end (at least ``--after`` s).
 
 Per phase: requests, errors, images/s, p50/p99 latency. Per process (each serving worker,
-the job worker): resident memory every ``--sample-every`` seconds, its growth from the end
-of the warm-up to the end, and the growth over the ``after`` phase (the target: flat, since
-each swap drops the old ONNX session). ``latency_ratio_*`` = a phase's p99 / the steady p99,
+the job worker, and each job's own process while it lives): resident memory every
+``--sample-every`` seconds, its growth from the end of the warm-up to the end, and the
+growth over the ``after`` phase (the target for the serving and job workers: flat, since
+each swap drops the old ONNX session and each job's memory leaves with its process). ``latency_ratio_*`` = a phase's p99 / the steady p99,
 so the numbers compare within one run. Targets: zero errors, memory flat after warm-up.
 
 Prints ONE JSON document on stdout; progress goes to stderr; ``--plot FILE`` draws
@@ -110,6 +111,8 @@ def server_processes(root: int) -> dict[int, str]:
             continue
         if "_bentoml_impl.worker" in command:
             roles[process.pid] = "serving worker"
+        elif "service.worker --job" in command:
+            roles[process.pid] = "job process"  # one per job, gone when it ends
         elif "service.worker" in command:
             roles[process.pid] = "job worker"
     return roles
@@ -283,7 +286,7 @@ def soak(args: argparse.Namespace, home: Path) -> dict[str, Any]:
                 "zero_errors": len(errors) == 0,
                 "memory_flat_after_warmup": all(
                     (p["growth_mb_after_phase"] or 0.0) < TARGET_MEMORY_GROWTH_MB
-                    for p in processes if p["role"] == "serving worker" and p["alive_at_end"]),
+                    for p in processes if p["role"] in ("serving worker", "job worker") and p["alive_at_end"]),
                 "memory_flat_threshold_mb": TARGET_MEMORY_GROWTH_MB,
             },
             "_timeline": {"t0": t0, "phases": phases, "records": records, "memory": memory.samples},

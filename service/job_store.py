@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, Field
 
@@ -135,11 +135,23 @@ _MIGRATIONS: dict[int, list[str]] = {
 assert sorted(_MIGRATIONS) == list(range(2, SCHEMA_VERSION + 1))
 
 
-def _interrupted_after_storing(why: str, version: str, status: str) -> str:
-    if status == "promoted":
-        return (f"interrupted: {why} after storing {version}, which passed its gates, and before "
-                f"activating it; to serve it: POST /admin/models/{version}/activate")
-    return f"interrupted: {why} after storing {version} as {status}; restart the job to try again"
+class StoredVersion(NamedTuple):
+    """What a job that died had already stored: its version, that version's status, and
+    whether it is the active version of its model."""
+
+    version: str
+    status: str
+    active: bool
+
+
+def _after_storing(why: str, left: StoredVersion) -> tuple[str, str]:
+    """(state, reason) of a job that died after storing ``left``."""
+    if left.status == "promoted" and left.active:  # it did all it set out to; only the record is missing
+        return "promoted", f"recovered: {why} after {left.version} was stored and activated, before the job recorded it"
+    if left.status == "promoted":
+        return "failed", (f"interrupted: {why} after storing {left.version}, which passed its gates, and before "
+                          f"activating it; to serve it: POST /admin/models/{left.version}/activate")
+    return "failed", f"interrupted: {why} after storing {left.version} as {left.status}; restart the job to try again"
 
 
 class JobStoreError(LetheError):
@@ -734,21 +746,22 @@ class JobStore:
 
     def recover(
         self, *, alive: Callable[[str], bool] | None = None, stale_after_s: float = 60.0,
-        actor: str = WORKER_ACTOR, stored: Callable[[str], tuple[str, str] | None] | None = None,
+        actor: str = WORKER_ACTOR, stored: Callable[[str], StoredVersion | None] | None = None,
     ) -> list[str]:
-        """Fail every running/validating job whose worker is gone; return their ids.
+        """End every running/validating job whose worker is gone; return their ids.
 
         ``alive(worker)`` decides, when given. Otherwise: a worker on this host is alive
         while its pid exists *and* that process started before the job was claimed (a
         restarted container often reuses the dead worker's pid); a worker on another host
         (or an unreadable worker name) is alive while its heartbeat is younger than
         ``stale_after_s`` (clocks of the hosts must roughly agree). Call when a job worker
-        starts, before it claims anything. Each failed job gets a ``failed`` audit entry.
+        starts, before it claims anything. Such a job fails, with a ``failed`` audit entry.
 
-        ``stored(job_id)`` names the version (and its status) a job stored before it died,
-        if any: a crash between storing a version and activating it. The job then records
-        that version and its reason says how to serve it; nothing is activated behind the
-        operator's back (they may have rolled back since)."""
+        ``stored(job_id)`` tells what a job stored before it died, if anything: a crash
+        after its version was written. The job then records that version. One that was
+        stored and activated ends ``promoted`` (only its record was missing); one stored
+        but not activated fails, its reason saying how to serve it. Nothing is activated
+        behind the operator's back (they may have rolled back since)."""
         host = socket.gethostname()
         failed: list[str] = []
         with self._write() as conn:
@@ -772,18 +785,18 @@ class JobStore:
                 if not gone:
                     continue
                 now = _now()
-                reason = f"interrupted: {why} while {row['state']}; restart the job to try again"
                 left = stored(row["id"]) if stored is not None else None
-                version = left[0] if left else None
-                if left is not None:
-                    reason = _interrupted_after_storing(why, *left)
+                state, reason = _after_storing(why, left) if left is not None else (
+                    "failed", f"interrupted: {why} while {row['state']}; restart the job to try again")
+                version = left.version if left is not None else None
                 conn.execute(
-                    """UPDATE jobs SET state = 'failed', reason = ?, version = ?, finished_at = ?,
+                    """UPDATE jobs SET state = ?, reason = ?, version = ?, finished_at = ?,
                        updated_at = ? WHERE id = ?""",
-                    (reason, version, now, now, row["id"]),
+                    (state, reason, version, now, now, row["id"]),
                 )
-                self._audit(conn, "failed", actor, job=row, version=version,
-                            detail={"reason": reason, "worker": worker})
+                self._audit(conn, state, actor, job=row, version=version,
+                            detail={"reason": reason, "worker": worker,
+                                    **({"activated": True} if state == "promoted" else {})})
                 log.warning("job %s %s", row["id"], reason)
                 failed.append(row["id"])
         return failed

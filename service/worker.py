@@ -1,23 +1,31 @@
 """The job worker: a separate process that runs queued redaction jobs one at a time.
 
 Training never runs inside a serving worker. This process claims the oldest queued job
-from the SQLite store, runs ``unlearning.jobs.run_redaction`` (the CLI's code) with
-callbacks that record progress, heartbeats and poll for cancellation, and ends the job
-in a final state. On start it first fails every job whose worker died (``recover``), so
-after a crash every job tells the truth. ``run_redaction`` writes a version only once it
-is complete, so a job killed at any point leaves no half-written version.
+from the SQLite store and runs it in a fresh process of its own (``run_job_isolated``),
+which runs ``unlearning.jobs.run_redaction`` (the CLI's code) with callbacks that record
+progress, heartbeats and poll for cancellation, and ends the job in a final state. When
+the job's process exits, everything training allocated (host memory, a CUDA context and
+its cache) goes back to the system, and a job that kills its interpreter (a native crash,
+the OOM killer) fails alone. On start the worker first fails every job whose worker died
+(``recover``), so after a crash every job tells the truth. ``run_redaction`` writes a
+version only once it is complete, so a job killed at any point leaves no half-written
+version.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.job_store import JobFinishedError, JobRecord, JobStore, this_worker
+from service.job_store import FINAL_STATES, JobFinishedError, JobRecord, JobStore, StoredVersion, this_worker
 from unlearning.errors import CancelledError, LetheError
 
 if TYPE_CHECKING:
@@ -102,18 +110,18 @@ def run_job(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
         record = store.finish(job.id, outcome.status, version=outcome.version, result=_summary(outcome),
                               reason=outcome.reason, detail={
                                   "activated": outcome.activated, "method": outcome.method,
-                                  "worker": this_worker(), "duration_s": round(outcome.duration_s, 3)})
+                                  "worker": job.worker or this_worker(), "duration_s": round(outcome.duration_s, 3)})
     except CancelledError:
-        record = _finish_quietly(store, job.id, "cancelled", None, method)
+        record = _finish_quietly(store, job.id, "cancelled", None, method, job.worker)
     except LetheError as exc:
-        record = _finish_quietly(store, job.id, "failed", str(exc), method)
+        record = _finish_quietly(store, job.id, "failed", str(exc), method, job.worker)
     except MemoryError:
-        record = _finish_quietly(store, job.id, "failed", "out of memory", method)
+        record = _finish_quietly(store, job.id, "failed", "out of memory", method, job.worker)
     except OSError as exc:  # a full disk, a vanished upload
-        record = _finish_quietly(store, job.id, "failed", f"{type(exc).__name__}: {exc}", method)
+        record = _finish_quietly(store, job.id, "failed", f"{type(exc).__name__}: {exc}", method, job.worker)
     except Exception as exc:
         log.exception("job %s crashed", job.id)
-        record = _finish_quietly(store, job.id, "failed", f"internal error: {type(exc).__name__}: {exc}", method)
+        record = _finish_quietly(store, job.id, "failed", f"internal error: {type(exc).__name__}: {exc}", method, job.worker)
     finally:
         stop_beat.set()
     m = metrics()
@@ -123,46 +131,130 @@ def run_job(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
 
 
 def _finish_quietly(store: JobStore, job_id: str, state: str, reason: str | None,
-                    method: str | None = None) -> JobRecord:
-    detail = {"worker": this_worker(), **({"method": method} if method else {})}
+                    method: str | None = None, worker: str | None = None) -> JobRecord:
+    detail = {"worker": worker or this_worker(), **({"method": method} if method else {})}
     try:
         return store.finish(job_id, state, reason=reason, detail=detail)  # type: ignore[arg-type]
     except JobFinishedError:
         return store.get(job_id)
 
 
-def _stored_by(registry: Registry, job_id: str) -> tuple[str, str] | None:
-    """The version (and its status) a dead job stored before it could finish, if any."""
-    found = [m for m in registry.list_versions() if m.job == job_id]
-    return (found[-1].version, found[-1].status) if found else None
+# ------------------------------------------------------------------ one process per job
+
+
+def run_job_isolated(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
+    """Run one claimed job in a fresh process (``python -m service.worker --job ID``) and
+    return its final record. If that process dies without ending the job, the job fails
+    saying how it died. A KeyboardInterrupt (SIGTERM, SIGINT) kills the job's process
+    first, then fails the job."""
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "service.worker", "--job", job.id, "--worker-pid", str(os.getpid())],
+            env=dict(os.environ, LETHE_HOME=str(home)),
+        )
+    except OSError as exc:  # out of processes or memory
+        return _finish_quietly(store, job.id, "failed", f"the job's process could not start: {exc}",
+                               worker=job.worker)
+    try:
+        child.wait()
+    except KeyboardInterrupt:
+        child.kill()  # first: a job must not promote after it was reported failed
+        child.wait()
+        _finish_quietly(store, job.id, "failed", "interrupted: the job worker was stopped", worker=job.worker)
+        raise
+    record = store.get(job.id)
+    if record.state not in FINAL_STATES:
+        record = _finish_quietly(store, job.id, "failed", _how_it_died(child.returncode), worker=job.worker)
+        from service.metrics import metrics
+
+        metrics().jobs.labels(str(job.spec.get("method", "auto")), record.state).inc()
+    return record
+
+
+def _how_it_died(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (the out-of-memory killer?)" if exitcode == -signal.SIGKILL else ""
+        return f"the job's process was killed by {name}{hint}"
+    return f"the job's process exited with status {exitcode} before ending the job"
+
+
+def _job_process(home: Path, job_id: str, worker_pid: int) -> None:
+    """A job's own process: run the job, then exit (and free what it took)."""
+    _die_with(worker_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job worker decides when a job stops
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    store = JobStore(home / "jobs.sqlite")
+    job = store.get(job_id)
+    if job.state in FINAL_STATES:
+        return  # ended (cancelled, recovered) before this process started
+    from unlearning.runtime import pick_device
+
+    log.info("job %s runs in process %d on %s", job_id, os.getpid(), pick_device())
+    run_job(store, job, home)
+
+
+def _die_with(worker_pid: int) -> None:
+    """Never outlive the job worker: recovery would fail the job while it still trained.
+    Linux kills this process when its parent dies (PR_SET_PDEATHSIG); elsewhere a thread
+    watches the parent."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == worker_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if os.getppid() != worker_pid:
+        os._exit(1)  # the worker died before prctl took effect
+    threading.Thread(target=watch, name="lethe-parent-watch", daemon=True).start()
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=os.environ.get("LETHE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s [%(levelname)s] [job-worker] %(message)s")
+
+
+def _stored_by(registry: Registry, job_id: str) -> StoredVersion | None:
+    """What a dead job stored before it could finish, if anything (None when the registry
+    cannot tell: the job then fails as interrupted, and recovery goes on)."""
+    try:
+        found = [m for m in registry.list_versions() if m.job == job_id]
+        if not found:
+            return None
+        manifest = found[-1]
+        return StoredVersion(manifest.version, manifest.status, registry.active(manifest.model) == manifest.version)
+    except LetheError as exc:
+        log.warning("cannot tell what job %s stored: %s", job_id, exc)
+        return None
 
 
 def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False) -> None:
-    """Recover, then take queued jobs one at a time until SIGTERM/SIGINT."""
+    """Recover, then take queued jobs one at a time, each in its own process, until
+    SIGTERM/SIGINT. This process never imports torch: it stays small between jobs."""
     from unlearning.registry import Registry
 
     store = JobStore(home / "jobs.sqlite")
     registry = Registry(home)
     failed = store.recover(stored=lambda job_id: _stored_by(registry, job_id))
     if failed:
-        log.warning("failed %d job(s) interrupted by a previous crash: %s", len(failed), ", ".join(failed))
-
-    import torch
-
-    from unlearning.runtime import pick_device
+        log.warning("ended %d job(s) interrupted by a previous crash: %s", len(failed), ", ".join(failed))
 
     stopping = threading.Event()
 
     def stop(signum, frame) -> None:
-        log.info("job worker stopping (signal %d); a running job is cancelled", signum)
+        log.info("job worker stopping (signal %d); a running job is stopped and fails as interrupted", signum)
         stopping.set()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    device = pick_device()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-    log.info("job worker %s ready on %s (jobs in %s)", this_worker(), device, store.path)
+    log.info("job worker %s ready; each job runs in a process of its own (jobs in %s)", this_worker(), store.path)
     while not stopping.is_set():
         try:
             job = store.claim_next(this_worker())
@@ -175,23 +267,25 @@ def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False) -> None:
             stopping.wait(poll_s)
             continue
         log.info("job %s: %s", job.id, job.spec_name)
-        try:
-            record = run_job(store, job, home)
-        except KeyboardInterrupt:
-            _finish_quietly(store, job.id, "failed", "interrupted: the job worker was stopped")
-            raise
+        record = run_job_isolated(store, job, home)
         log.info("job %s ended %s%s", job.id, record.state, f": {record.reason}" if record.reason else "")
         if once:
             return
 
 
-def main() -> int:
-    import os
+def main(argv: list[str] | None = None) -> int:
+    import argparse
 
     from unlearning.runtime import lethe_home
 
-    logging.basicConfig(level=os.environ.get("LETHE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s [%(levelname)s] [job-worker] %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m service.worker", description="Lethe's job worker")
+    parser.add_argument("--job", help="run this claimed job in this process, then exit (the worker does this)")
+    parser.add_argument("--worker-pid", type=int, help="with --job: the job worker to die with")
+    args = parser.parse_args(argv)
+    _configure_logging()
+    if args.job:
+        _job_process(lethe_home(), args.job, args.worker_pid or os.getppid())
+        return 0
     try:
         serve_jobs(lethe_home())
     except KeyboardInterrupt:

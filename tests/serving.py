@@ -116,11 +116,13 @@ class LetheServer:
                     pids.append(process.pid)
         return sorted(pids)
 
-    def kill(self) -> None:
+    def kill(self, tree: list[psutil.Process] | None = None) -> None:
         """kill -9 of everything `lethe serve` started (launcher, arbiter, workers, job
-        worker) at once, as when a machine or container dies."""
-        tree = self.processes()
-        for process in tree:
+        worker, a job's process) at once, as when a machine or container dies. ``tree``:
+        a snapshot of ``processes()`` taken earlier, so the kill is not delayed by
+        walking /proc; the deepest processes die first."""
+        tree = tree if tree is not None else self.processes()
+        for process in reversed(tree):
             with contextlib.suppress(psutil.Error):
                 process.kill()
         psutil.wait_procs(tree, timeout=30)

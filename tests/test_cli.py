@@ -197,3 +197,29 @@ def test_activate_a_corrupted_version_names_the_file(quick_copy):
     assert_user_error(done, "digits-v2/generator.onnx", "checksum")
     assert snapshot(quick_copy) == before
     assert registry.active("digits") == BASE
+
+
+def test_worker_starts_small_and_stops_on_sigterm(tmp_path):
+    """`lethe worker` (the job worker alone, as on a GPU node): it says it is ready without
+    importing torch (each job gets a process of its own) and a SIGTERM stops it cleanly."""
+    import signal
+    import time
+
+    import psutil
+
+    process = subprocess.Popen([sys.executable, "-m", "unlearning.cli", "worker"],
+                               env={**os.environ, "LETHE_HOME": str(tmp_path)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "jobs.sqlite").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # past its first poll for jobs
+        assert process.poll() is None
+        rss_mb = psutil.Process(process.pid).memory_info().rss / 2**20
+        assert rss_mb < 150, f"the job worker holds {rss_mb:.0f} MB between jobs"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, out
+    assert "ready; each job runs in a process of its own" in out and "Traceback" not in out, out

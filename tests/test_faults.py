@@ -10,7 +10,9 @@ on disk), each ending with the service answering again:
   with it active is not ready and refuses to sample, naming the file, instead of serving
   an older version, until the file is restored or another version is activated;
 * the disk filling up during a job: the job fails naming the full disk, nothing
-  half-written is visible, the service keeps serving, and once space is freed a job works.
+  half-written is visible, the service keeps serving, and once space is freed a job works;
+* a job's own process killed (as the out-of-memory killer would): that job fails saying
+  so, the job worker lives on and runs the next job, and keeps none of a job's memory.
 """
 
 from __future__ import annotations
@@ -125,12 +127,14 @@ def test_kill_9_of_the_server_during_a_promotion(quick_home, tmp_path, moment):
     server = LetheServer(home, tmp_path / "bentoml-1", workers=1).start()
     try:
         job_id = server.submit({"name": "killed-mid-promotion", **QUICK_SPEC}).json()["job_id"]
+        wait_until(lambda: server.job(job_id)["progress_info"], 300, "the job running")
+        tree = server.processes()  # the job's own process included
         deadline = time.monotonic() + 600
         while not _written(home, known, moment):  # as fast as the file system tells us
             assert time.monotonic() < deadline, f"the job never reached the promotion:\n{server.log()}"
             assert server.process.poll() is None, server.log()
             time.sleep(0.0005)
-        server.kill()
+        server.kill(tree)
     finally:
         server.stop()
 
@@ -145,15 +149,19 @@ def test_kill_9_of_the_server_during_a_promotion(quick_home, tmp_path, moment):
     try:
         assert restarted.generate(n=1, seed=0).json()["model_version"] == active
         job = restarted.wait_job(job_id, timeout=60)  # the new job worker recovers as it starts
-        assert job["state"] == "failed" and job["reason"].startswith("interrupted:"), job
         stored = [m for m in registry.list_versions("digits") if m.job == job_id]
-        if stored:  # killed after its version was stored: the job names it and how to serve it
-            assert job["version"] == stored[0].version and stored[0].version != active, job
-            assert f"POST /admin/models/{stored[0].version}/activate" in job["reason"], job
-        else:
+        # what the job says depends on how far it got before the kill landed; it is always true
+        if not stored:
+            assert moment == "writing the version", "the kill came after the rename: the version must be listed"
+            assert job["state"] == "failed" and job["reason"].startswith("interrupted:"), job
             assert job["version"] is None, job
-        if moment != "writing the version":
-            assert stored, "the kill came after the rename, so the version must be listed"
+        elif stored[0].version != active:  # stored, not activated: the job names it and how to serve it
+            assert job["state"] == "failed" and job["reason"].startswith("interrupted:"), job
+            assert job["version"] == stored[0].version, job
+            assert f"POST /admin/models/{stored[0].version}/activate" in job["reason"], job
+        else:  # the pointer moved too before the kill: all done but the record
+            assert job["state"] == "promoted" and job["version"] == active, job
+            assert job["reason"].startswith("recovered:"), job
         # nothing is wedged (lock, database, registry): the next job is stored, promoted and served
         reply = restarted.submit({"name": "after-the-crash", **QUICK_SPEC})
         assert reply.status_code == 202, reply.text
@@ -164,6 +172,41 @@ def test_kill_9_of_the_server_during_a_promotion(quick_home, tmp_path, moment):
         assert_every_version_complete(registry)
     finally:
         restarted.stop()
+
+
+# --------------------------------------------------------------- a job's process killed
+
+
+def test_a_job_whose_process_is_killed_fails_alone(quick_home, tmp_path):
+    import psutil
+
+    home = _home(quick_home, tmp_path)
+    known = set(os.listdir(home / "versions"))
+    server = LetheServer(home, tmp_path / "bentoml", workers=1).start()
+    try:
+        worker = psutil.Process(server.job_worker_pid())
+        idle_rss = worker.memory_info().rss
+        long_job = {**QUICK_SPEC, "name": "killed-job", "hyperparameters": {"epochs": 500, "patience": 500}}
+        job_id = server.submit(long_job).json()["job_id"]
+        wait_until(lambda: server.job(job_id)["progress_info"].get("epoch"), 300, "the job training")
+        job_process, = worker.children()  # the job runs in a process of its own
+        assert job_process.memory_info().rss > idle_rss  # which holds what training took
+        job_process.kill()
+
+        job = server.wait_job(job_id, timeout=60)
+        assert job["state"] == "failed", job
+        assert job["reason"] == "the job's process was killed by SIGKILL (the out-of-memory killer?)", job
+        assert set(os.listdir(home / "versions")) - known == set()
+        assert worker.is_running() and server.job_worker_pid() == worker.pid  # it lives on
+        assert server.generate(n=2).status_code == 200
+
+        second = server.wait_job(server.submit({**QUICK_SPEC, "name": "next"}).json()["job_id"], timeout=600)
+        assert second["state"] == "promoted", second
+        wait_until(lambda: not worker.children(), 30, "the job's process exiting")
+        # what training allocated went with the job's process
+        assert worker.memory_info().rss < idle_rss + 64 * 2**20, (idle_rss, worker.memory_info().rss)
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------------- a corrupted file

@@ -20,6 +20,7 @@ from service.job_store import (
     JobRecord,
     JobStore,
     JobStoreError,
+    StoredVersion,
     this_worker,
 )
 from unlearning.errors import LetheError, NotFoundError
@@ -256,9 +257,12 @@ def test_recover_fails_jobs_of_dead_workers_only(store):
 
 
 def test_recover_names_the_version_a_dead_job_stored(store):
-    """A crash between storing a version and activating it: the job says which version it
-    left and how to serve it; a job that stored nothing says to restart."""
-    left = {"promoted-job": ("digits-v7", "promoted"), "rejected-job": ("digits-v8", "rejected"), "no-version": None}
+    """A crash after a job stored its version: the job records that version. Stored but not
+    active: it fails saying how to serve it. Stored and active: it ends promoted (only
+    its record was missing). A job that stored nothing fails saying to restart it."""
+    left = {"promoted-job": StoredVersion("digits-v7", "promoted", False),
+            "rejected-job": StoredVersion("digits-v8", "rejected", False),
+            "activated-job": StoredVersion("digits-v9", "promoted", True), "no-version": None}
     jobs = {}
     for name, stored in left.items():  # one running job at a time
         jobs[name] = _submit(store, name)
@@ -271,10 +275,14 @@ def test_recover_names_the_version_a_dead_job_stored(store):
     assert promoted.reason.endswith("to serve it: POST /admin/models/digits-v7/activate")
     rejected = store.get(jobs["rejected-job"].id)
     assert rejected.version == "digits-v8" and "as rejected; restart the job" in rejected.reason
+    activated = store.get(jobs["activated-job"].id)  # all done but the record: promoted
+    assert activated.state == "promoted" and activated.version == "digits-v9"
+    assert activated.reason.startswith("recovered: ") and "digits-v9 was stored and activated" in activated.reason
     nothing = store.get(jobs["no-version"].id)
     assert nothing.version is None and nothing.reason.endswith("restart the job to try again")
-    audited = {e.job_id: e.version for e in store.audit_log(action="failed")}
-    assert audited == {job.id: left[name] and left[name][0] for name, job in jobs.items()}
+    audited = {e.job_id: (e.action, e.version) for e in store.audit_log() if e.action != "submit"}
+    assert audited == {job.id: ("promoted" if name == "activated-job" else "failed", left[name] and left[name].version)
+                       for name, job in jobs.items()}
 
 
 def test_recover_sees_through_a_reused_pid(store):

@@ -239,7 +239,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from service.worker import main as worker_main
 
-    return worker_main()
+    return worker_main([])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,15 +31,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
-from torch import nn
 
 from unlearning.processes import pid_alive
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
-from unlearning.models.io import load_model, save_model
 from unlearning.runtime import lethe_home
+
+if TYPE_CHECKING:  # torch only where models are loaded or saved: bookkeeping needs none
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +393,8 @@ class Registry:
             raise NotFoundError(
                 f"version {version!r} has no component {stem!r}; it has: {', '.join(sorted(manifest.files))}"
             )
+        from unlearning.models.io import load_model
+
         return load_model(self.versions_dir / version, stem)
 
     def load_generator(self, version: str) -> nn.Module:
@@ -516,6 +519,8 @@ class Registry:
         replace: bool = False,
     ) -> ClassifierManifest:
         """Store a PyTorch classifier (a model ``save_model`` knows) under ``name``."""
+        from unlearning.models.io import save_model
+
         if labels is None:
             config_labels = getattr(getattr(classifier_module, "config", None), "labels", None)
             labels = list(config_labels) if config_labels else None
@@ -577,6 +582,8 @@ class Registry:
         folder = self.classifiers_dir / name
         if manifest.format == "onnx":
             return onnx_classifier_module(folder / "classifier.onnx", f"classifiers/{name}/classifier.onnx")
+        from unlearning.models.io import load_model
+
         return load_model(folder, "classifier")
 
     def list_classifiers(self) -> list[ClassifierManifest]:

@@ -1,13 +1,16 @@
-"""Where Lethe keeps state, which device it computes on, and how it seeds randomness."""
+"""Where Lethe keeps state, which device it computes on, and how it seeds randomness.
+torch is imported where it is used: ``lethe_home`` serves processes that never need it
+(the job worker's supervisor, the CLI's bookkeeping commands)."""
 
 from __future__ import annotations
 
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def lethe_home() -> Path:
@@ -17,6 +20,8 @@ def lethe_home() -> Path:
 
 def pick_device(preferred: str | None = None) -> torch.device:
     """CUDA when present (or when asked for), CPU otherwise. ``LETHE_DEVICE`` overrides."""
+    import torch
+
     choice = preferred or os.environ.get("LETHE_DEVICE")
     if choice:
         return torch.device(choice)
@@ -25,6 +30,9 @@ def pick_device(preferred: str | None = None) -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch.Generator for explicit draws."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -34,4 +42,6 @@ def seed_everything(seed: int) -> torch.Generator:
 def latents(n: int, latent_dim: int, seed: int) -> torch.Tensor:
     """The latents behind ``(seed, n)``: the same on every machine, so the same seed and
     version give the same images (CPU generator, float32, moved to a device afterwards)."""
+    import torch
+
     return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
