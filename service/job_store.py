@@ -763,7 +763,7 @@ class JobStore:
         but not activated fails, its reason saying how to serve it. Nothing is activated
         behind the operator's back (they may have rolled back since)."""
         host = socket.gethostname()
-        failed: list[str] = []
+        ended: list[str] = []
         with self._write() as conn:
             rows = conn.execute(f"SELECT * FROM jobs WHERE state IN {_ACTIVE_SQL}").fetchall()
             for row in rows:
@@ -798,8 +798,8 @@ class JobStore:
                             detail={"reason": reason, "worker": worker,
                                     **({"activated": True} if state == "promoted" else {})})
                 log.warning("job %s %s", row["id"], reason)
-                failed.append(row["id"])
-        return failed
+                ended.append(row["id"])
+        return ended
 
     @staticmethod
     def _local_claimer_alive(pid: int, started_at: str | None) -> bool:

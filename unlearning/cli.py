@@ -60,8 +60,8 @@ def _audit(write) -> None:
 def cmd_redact(args: argparse.Namespace) -> int:
     from service.audit import record_version_event
     from unlearning.jobs import run_redaction
-    from unlearning.registry import Registry
     from unlearning.progress import progress_bar
+    from unlearning.registry import Registry
     from unlearning.spec import load_spec
 
     spec_path = Path(args.spec)
