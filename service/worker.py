@@ -199,21 +199,22 @@ def _job_process(home: Path, job_id: str, worker_pid: int) -> None:
 
 def _die_with(worker_pid: int) -> None:
     """Never outlive the job worker: recovery would fail the job while it still trained.
-    Linux kills this process when its parent dies (PR_SET_PDEATHSIG); elsewhere a thread
-    watches the parent."""
+    Linux kills this process when its parent dies (PR_SET_PDEATHSIG); where that is not
+    available, a thread watches the parent."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        armed = ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) == 0  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        armed = False
+    if os.getppid() != worker_pid:
+        os._exit(1)  # the worker died before this process could watch it
 
     def watch() -> None:
         while os.getppid() == worker_pid:
             time.sleep(1.0)
         os._exit(1)
 
-    if os.getppid() != worker_pid:
-        os._exit(1)  # the worker died before prctl took effect
-    threading.Thread(target=watch, name="lethe-parent-watch", daemon=True).start()
+    if not armed:
+        threading.Thread(target=watch, name="lethe-parent-watch", daemon=True).start()
 
 
 def _configure_logging() -> None:
@@ -242,9 +243,9 @@ def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False) -> None:
 
     store = JobStore(home / "jobs.sqlite")
     registry = Registry(home)
-    failed = store.recover(stored=lambda job_id: _stored_by(registry, job_id))
-    if failed:
-        log.warning("ended %d job(s) interrupted by a previous crash: %s", len(failed), ", ".join(failed))
+    ended = store.recover(stored=lambda job_id: _stored_by(registry, job_id))
+    if ended:
+        log.warning("ended %d job(s) interrupted by a previous crash: %s", len(ended), ", ".join(ended))
 
     stopping = threading.Event()
 
