@@ -33,6 +33,7 @@ from service.http_limits import BodySizeLimit
 from service.job_store import JobStore
 from service.metrics import metrics, publish_version
 from service.monitor import OnlineMonitor
+from service.refusal_log import install as log_refusals_without_tracebacks
 from service.request_timer import install as cancel_request_timers
 from service.settings import Settings
 from service.swap import ActiveGenerator, ActiveUnservableError, LoadedVersion, NotServableError
@@ -90,6 +91,7 @@ def public_app(registry: Registry, model: str) -> Starlette:
 
 _REGISTRY = Registry(SETTINGS.home)
 cancel_request_timers()
+log_refusals_without_tracebacks()
 
 
 @bentoml.asgi_app(AdminAPI(SETTINGS).app(), path="/admin")

@@ -60,3 +60,10 @@ def snapshot(home: Path) -> dict[str, bytes]:
     """Every file under a LETHE_HOME with its bytes: to prove a failed request changed nothing."""
     return {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file()
             and not p.name.endswith(".lock")}
+
+
+def flip_a_byte(path: Path, offset: int | None = None) -> None:
+    """Damage a stored file as a failing disk would: one byte inverted (the middle one by default)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 if offset is None else offset] ^= 0xFF
+    path.write_bytes(bytes(data))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import snapshot
+from conftest import flip_a_byte, snapshot
 from service.job_store import JobStore
 from serving import copy_version
 from unlearning.registry import Registry
@@ -187,9 +187,7 @@ def test_activate_a_corrupted_version_names_the_file(quick_copy):
     assert copy_version(quick_copy, BASE) == "digits-v2"
     registry.verify("digits-v2")  # intact before the damage
     onnx = quick_copy / "versions" / "digits-v2" / "generator.onnx"
-    data = bytearray(onnx.read_bytes())
-    data[-10] ^= 0xFF
-    onnx.write_bytes(bytes(data))
+    flip_a_byte(onnx, offset=-10)
     before = snapshot(quick_copy)
 
     done = lethe(quick_copy, "activate", "digits-v2")

@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import flip_a_byte
 from serving import QUICK_SPEC, LetheServer, copy_version, wait_until
 from unlearning.registry import Registry
 
@@ -210,12 +211,6 @@ def test_a_job_whose_process_is_killed_fails_alone(quick_home, tmp_path):
 
 
 # ---------------------------------------------------------------------- a corrupted file
-
-
-def flip_a_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def move_pointer_by_hand(home: Path, version: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import flip_a_byte
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
 from unlearning.models import Classifier, ClassifierConfig, DCGANConfig, Discriminator, Generator, save_model
 from unlearning.registry import ClassifierManifest, Registry, VersionManifest
@@ -155,12 +156,6 @@ def test_concurrent_processes_get_distinct_ids(home):
     assert len({(home / "versions" / m.version / "note.txt").read_text() for m in listed}) == 12
 
 
-def _flip_byte(path: Path, offset: int = -1) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def test_tampered_file_is_refused(home):
     registry = Registry()
     registry.create_version("digits", _writer(0))
@@ -168,7 +163,7 @@ def test_tampered_file_is_refused(home):
     registry.activate("digits-v1")
     registry.verify("digits-v2")
 
-    _flip_byte(home / "versions" / "digits-v2" / "generator.safetensors")
+    flip_a_byte(home / "versions" / "digits-v2" / "generator.safetensors", offset=-1)
     message = "digits-v2/generator.safetensors: checksum mismatch"
     with pytest.raises(IntegrityError, match=message):
         registry.verify("digits-v2")
@@ -324,7 +319,7 @@ def test_classifier_round_trip_gives_identical_logits(home):
     with pytest.raises(NotFoundError, match="'faces-clf' not found.*digits-clf"):
         registry.load_classifier("faces-clf")
 
-    _flip_byte(home / "classifiers" / "digits-clf" / "classifier.safetensors")
+    flip_a_byte(home / "classifiers" / "digits-clf" / "classifier.safetensors", offset=-1)
     with pytest.raises(IntegrityError, match="classifiers/digits-clf/classifier.safetensors"):
         registry.load_classifier("digits-clf")
 
@@ -360,6 +355,6 @@ def test_onnx_classifier_is_stored_verified_and_converted(home, tmp_path):
         registry.register_onnx_classifier("garbage", b"\x08\x01 definitely not onnx", {})
     assert _visible_classifiers(home) == ["uploaded"]
 
-    _flip_byte(home / "classifiers" / "uploaded" / "classifier.onnx", offset=len(path.read_bytes()) // 2)
+    flip_a_byte(home / "classifiers" / "uploaded" / "classifier.onnx")
     with pytest.raises(IntegrityError, match="classifiers/uploaded/classifier.onnx: checksum mismatch"):
         registry.load_classifier("uploaded")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from serving import LetheServer
+from serving import LetheServer, wait_until
 
 ZERO_DATA = {"name": "bad", "sets": [{"kind": "data", "files": ["negatives.png"]}]}
 ADMIN_ROUTES = [
@@ -156,3 +156,17 @@ def test_cancel_of_a_finished_job_is_409(server):
     reply = server.client.post(f"/admin/redactions/{job_id}/cancel", headers=server.auth)
     assert reply.status_code == 409 and "nothing to cancel" in reply.json()["error"]
     assert state(server) == before
+
+
+def test_a_refusal_is_one_log_line_not_a_traceback(server):
+    """Client mistakes are logged as one INFO line with the reason; tracebacks stay for real faults."""
+    start = server.log_path.stat().st_size
+    assert server.generate(n=0).status_code == 400
+    assert server.generate(n=1, version="digits-v999").status_code == 404
+    assert server.client.post("/inpaint", json={"images": ["not base64"]}).status_code == 400
+    wait_until(lambda: server.log_path.read_bytes()[start:].count(b"refused POST") >= 3, 10, "the refusals logged")
+    logged = server.log_path.read_bytes()[start:].decode(errors="replace")
+    assert "Traceback" not in logged and "[ERROR]" not in logged, logged
+    assert "refused POST /generate (400): n: Input should be greater than or equal to 1" in logged, logged
+    assert "refused POST /generate (404): version 'digits-v999' not found" in logged, logged
+    assert "refused POST /inpaint (400): images:" in logged, logged

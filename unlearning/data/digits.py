@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 DIGIT_LABELS = [str(d) for d in range(10)]
 HELD_OUT_FRACTION = 0.2
@@ -26,6 +24,11 @@ class LabelledImages:
 
 def digits_splits() -> tuple[LabelledImages, LabelledImages]:
     """(train, held_out): a fixed stratified 80/20 split, the same on every machine."""
+    # imported here: scikit-learn takes ~0.7 s to import, and the serving workers and the
+    # admin API's checks of a spec never need the dataset itself
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
     images = (bunch.images.astype(np.float32) / 8.0 - 1.0)[:, None]
     index = np.arange(len(images))
