@@ -196,6 +196,11 @@ class JobRecord(BaseModel):
     def final(self) -> bool:
         return self.state in FINAL_STATES
 
+    @property
+    def silent_for_s(self) -> float | None:
+        """Seconds since its worker last showed life (a heartbeat, or the claim)."""
+        return _age_s(self.heartbeat_at or self.started_at)
+
 
 class AuditEntry(BaseModel):
     """One entry of the audit trail, as stored (and as ``GET /admin/audit`` shows it)."""
@@ -784,22 +789,44 @@ class JobStore:
                     )
                 if not gone:
                     continue
-                now = _now()
-                left = stored(row["id"]) if stored is not None else None
-                state, reason = _after_storing(why, left) if left is not None else (
-                    "failed", f"interrupted: {why} while {row['state']}; restart the job to try again")
-                version = left.version if left is not None else None
-                conn.execute(
-                    """UPDATE jobs SET state = ?, reason = ?, version = ?, finished_at = ?,
-                       updated_at = ? WHERE id = ?""",
-                    (state, reason, version, now, now, row["id"]),
-                )
-                self._audit(conn, state, actor, job=row, version=version,
-                            detail={"reason": reason, "worker": worker,
-                                    **({"activated": True} if state == "promoted" else {})})
-                log.warning("job %s %s", row["id"], reason)
+                self._end_interrupted(conn, row, why, stored(row["id"]) if stored is not None else None, actor)
                 ended.append(row["id"])
         return ended
+
+    def end_interrupted(self, job_id: str, why: str, *, stored: StoredVersion | None = None,
+                        actor: str = WORKER_ACTOR) -> JobRecord:
+        """End one running/validating job whose process is gone (it died, or was killed
+        for hanging), saying ``why`` and what it left (``stored``, as in ``recover``). A job
+        whose cancellation was requested, and that stored nothing, ends cancelled: it was
+        asked to stop, and it has. A job that already ended raises JobFinishedError."""
+        with self._write() as conn:
+            row = self._row(conn, job_id)
+            if row["state"] in FINAL_STATES:
+                raise JobFinishedError(f"{self._ended(row)}; it cannot be ended as interrupted")
+            if row["state"] not in ACTIVE_STATES:
+                raise LetheError(f"job {job_id} is {row['state']}: it has not been claimed by a worker")
+            self._end_interrupted(conn, row, why, stored, actor)
+            return self._record(self._row(conn, job_id))
+
+    def _end_interrupted(self, conn: sqlite3.Connection, row: sqlite3.Row, why: str,
+                         left: StoredVersion | None, actor: str) -> None:
+        if left is not None:
+            state, reason = _after_storing(why, left)
+        elif row["cancel_requested"]:
+            state, reason = "cancelled", f"cancelled by request: {why}"
+        else:
+            state, reason = "failed", f"interrupted: {why} while {row['state']}; restart the job to try again"
+        version = left.version if left is not None else None
+        now = _now()
+        conn.execute(
+            """UPDATE jobs SET state = ?, reason = ?, version = ?, finished_at = ?,
+               updated_at = ? WHERE id = ?""",
+            (state, reason, version, now, now, row["id"]),
+        )
+        self._audit(conn, state, actor, job=row, version=version,
+                    detail={"reason": reason, "worker": row["worker"] or "unknown worker",
+                            **({"activated": True} if state == "promoted" else {})})
+        log.warning("job %s %s", row["id"], reason)
 
     @staticmethod
     def _local_claimer_alive(pid: int, started_at: str | None) -> bool:

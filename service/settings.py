@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 MIB = 1 << 20
+DEFAULT_JOB_STALL_S = 120.0  # 24 missed heartbeats (one per 5 s): the job's process is hung, not busy
 
 
 def _env_float(name: str, default: float) -> float:
@@ -31,6 +32,8 @@ class Settings(BaseModel):
     swap_poll_s: float = Field(description="LETHE_SWAP_POLL_S: how often each worker reads the active pointer")
     swap_retry_s: float = Field(description="LETHE_SWAP_RETRY_S: how soon a version that would not load is retried")
     threads: int = Field(description="LETHE_THREADS: ONNX Runtime / torch threads per worker")
+    job_stall_s: float = Field(description="LETHE_JOB_STALL_S: a job whose process sends no heartbeat "
+                                           "this long is killed and fails")
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -41,6 +44,9 @@ class Settings(BaseModel):
         share = _env_float("LETHE_MONITOR_SHARE", 0.05)
         if not 0.0 <= share <= 1.0:
             raise SystemExit(f"LETHE_MONITOR_SHARE must be in [0, 1], got {share}")
+        stall_s = _env_float("LETHE_JOB_STALL_S", DEFAULT_JOB_STALL_S)
+        if stall_s <= 0:
+            raise SystemExit(f"LETHE_JOB_STALL_S must be a positive number of seconds, got {stall_s:g}")
         return cls(
             home=lethe_home(),
             model=os.environ.get("LETHE_MODEL", "digits"),
@@ -53,4 +59,5 @@ class Settings(BaseModel):
             swap_retry_s=_env_float("LETHE_SWAP_RETRY_S", 30.0),
             # split the cores between workers: oversubscribed threads are many times slower
             threads=max(1, int(_env_float("LETHE_THREADS", max(1, cores // workers)))),
+            job_stall_s=stall_s,
         )

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.job_store import FINAL_STATES, JobFinishedError, JobRecord, JobStore, StoredVersion, this_worker
+from service.settings import DEFAULT_JOB_STALL_S
 from unlearning.errors import CancelledError, LetheError
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lethe.worker")
 
 HEARTBEAT_S = 5.0
+WATCH_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.5
 CANCEL_POLL_S = 1.0
 
@@ -80,22 +82,25 @@ def _summary(outcome) -> dict[str, Any]:
 
 def run_job(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
     """Run one claimed job to a final state (never raises for a job's own failure)."""
+    started = time.monotonic()
+    stop_beat = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                store.heartbeat(job.id)
+            except Exception:
+                log.exception("heartbeat for job %s failed", job.id)
+            if stop_beat.wait(HEARTBEAT_S):
+                return
+
+    # beating before the slow imports (torch): the job worker kills a silent job's process
+    threading.Thread(target=beat, name="lethe-heartbeat", daemon=True).start()
     from unlearning.jobs import run_redaction
     from unlearning.methods import Callbacks
     from unlearning.registry import Registry
     from service.metrics import metrics
 
-    started = time.monotonic()
-    stop_beat = threading.Event()
-
-    def beat() -> None:
-        while not stop_beat.wait(HEARTBEAT_S):
-            try:
-                store.heartbeat(job.id)
-            except Exception:
-                log.exception("heartbeat for job %s failed", job.id)
-
-    threading.Thread(target=beat, name="lethe-heartbeat", daemon=True).start()
     hooks = _JobCallbacks(store, job.id)
     method = str(job.spec.get("method", "auto"))
     try:
@@ -142,11 +147,13 @@ def _finish_quietly(store: JobStore, job_id: str, state: str, reason: str | None
 # ------------------------------------------------------------------ one process per job
 
 
-def run_job_isolated(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
+def run_job_isolated(store: JobStore, job: JobRecord, home: Path, *,
+                     stall_s: float = DEFAULT_JOB_STALL_S) -> JobRecord:
     """Run one claimed job in a fresh process (``python -m service.worker --job ID``) and
-    return its final record. If that process dies without ending the job, the job fails
-    saying how it died. A KeyboardInterrupt (SIGTERM, SIGINT) kills the job's process
-    first, then fails the job."""
+    return its final record. If that process dies without ending the job, or sends no
+    heartbeat for ``stall_s`` and is killed, the job fails saying why (or ends cancelled,
+    if that was asked for; or records the version it stored, as ``recover`` does). A
+    KeyboardInterrupt (SIGTERM, SIGINT) kills the job's process first, then fails the job."""
     try:
         child = subprocess.Popen(
             [sys.executable, "-m", "service.worker", "--job", job.id, "--worker-pid", str(os.getpid())],
@@ -156,7 +163,7 @@ def run_job_isolated(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
         return _finish_quietly(store, job.id, "failed", f"the job's process could not start: {exc}",
                                worker=job.worker)
     try:
-        child.wait()
+        killed_because = _wait_watching(child, store, job.id, stall_s)
     except KeyboardInterrupt:
         child.kill()  # first: a job must not promote after it was reported failed
         child.wait()
@@ -164,11 +171,39 @@ def run_job_isolated(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
         raise
     record = store.get(job.id)
     if record.state not in FINAL_STATES:
-        record = _finish_quietly(store, job.id, "failed", _how_it_died(child.returncode), worker=job.worker)
         from service.metrics import metrics
+        from unlearning.registry import Registry
 
+        why = killed_because or _how_it_died(child.returncode)
+        try:
+            record = store.end_interrupted(job.id, why, stored=_stored_by(Registry(home), job.id))
+        except JobFinishedError:
+            record = store.get(job.id)
         metrics().jobs.labels(str(job.spec.get("method", "auto")), record.state).inc()
     return record
+
+
+def _wait_watching(child: subprocess.Popen, store: JobStore, job_id: str, stall_s: float) -> str | None:
+    """Wait for a job's process to exit. One that sends no heartbeat for ``stall_s`` (hung
+    inside native code, stopped, deadlocked) would hold the one-job-at-a-time lock for
+    ever: it is killed, and the reason returned."""
+    while True:
+        try:
+            child.wait(timeout=WATCH_EVERY_S)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            record = store.get(job_id)
+        except LetheError:
+            continue  # the database is busy: look again next time
+        silent = record.silent_for_s
+        if record.final or silent is None or silent <= stall_s:
+            continue
+        child.kill()
+        child.wait()
+        return (f"the job's process sent no heartbeat for {silent:.0f} s (hung?) and was killed; "
+                f"the limit is LETHE_JOB_STALL_S={stall_s:g}")
 
 
 def _how_it_died(exitcode: int | None) -> str:
@@ -236,7 +271,7 @@ def _stored_by(registry: Registry, job_id: str) -> StoredVersion | None:
         return None
 
 
-def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False) -> None:
+def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False, stall_s: float = DEFAULT_JOB_STALL_S) -> None:
     """Recover, then take queued jobs one at a time, each in its own process, until
     SIGTERM/SIGINT. This process never imports torch: it stays small between jobs."""
     from unlearning.registry import Registry
@@ -268,7 +303,7 @@ def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False) -> None:
             stopping.wait(poll_s)
             continue
         log.info("job %s: %s", job.id, job.spec_name)
-        record = run_job_isolated(store, job, home)
+        record = run_job_isolated(store, job, home, stall_s=stall_s)
         log.info("job %s ended %s%s", job.id, record.state, f": {record.reason}" if record.reason else "")
         if once:
             return
@@ -287,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.job:
         _job_process(lethe_home(), args.job, args.worker_pid or os.getppid())
         return 0
+    from service.settings import Settings
+
     try:
-        serve_jobs(lethe_home())
+        serve_jobs(lethe_home(), stall_s=Settings.from_env().job_stall_s)
     except KeyboardInterrupt:
         pass
     return 0

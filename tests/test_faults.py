@@ -11,8 +11,9 @@ on disk), each ending with the service answering again:
   an older version, until the file is restored or another version is activated;
 * the disk filling up during a job: the job fails naming the full disk, nothing
   half-written is visible, the service keeps serving, and once space is freed a job works;
-* a job's own process killed (as the out-of-memory killer would): that job fails saying
-  so, the job worker lives on and runs the next job, and keeps none of a job's memory.
+* a job's own process killed (as the out-of-memory killer would), or hung: that job fails
+  saying so (a hung one once it has sent no heartbeat for LETHE_JOB_STALL_S), the job
+  worker lives on and runs the next job, and keeps none of a job's memory.
 """
 
 from __future__ import annotations
@@ -178,12 +179,12 @@ def test_kill_9_of_the_server_during_a_promotion(quick_home, tmp_path, moment):
 # --------------------------------------------------------------- a job's process killed
 
 
-def test_a_job_whose_process_is_killed_fails_alone(quick_home, tmp_path):
+def test_a_job_whose_process_is_killed_or_hangs_fails_alone(quick_home, tmp_path):
     import psutil
 
     home = _home(quick_home, tmp_path)
     known = set(os.listdir(home / "versions"))
-    server = LetheServer(home, tmp_path / "bentoml", workers=1).start()
+    server = LetheServer(home, tmp_path / "bentoml", workers=1, env={"LETHE_JOB_STALL_S": "15"}).start()
     try:
         worker = psutil.Process(server.job_worker_pid())
         idle_rss = worker.memory_info().rss
@@ -196,10 +197,23 @@ def test_a_job_whose_process_is_killed_fails_alone(quick_home, tmp_path):
 
         job = server.wait_job(job_id, timeout=60)
         assert job["state"] == "failed", job
-        assert job["reason"] == "the job's process was killed by SIGKILL (the out-of-memory killer?)", job
+        assert job["reason"] == ("interrupted: the job's process was killed by SIGKILL (the out-of-memory "
+                                 "killer?) while running; restart the job to try again"), job
         assert set(os.listdir(home / "versions")) - known == set()
         assert worker.is_running() and server.job_worker_pid() == worker.pid  # it lives on
         assert server.generate(n=2).status_code == 200
+
+        # hung (here: stopped, so its heartbeats stop too): killed after LETHE_JOB_STALL_S, not waited on for ever
+        job_id = server.submit({**long_job, "name": "hung-job"}).json()["job_id"]
+        wait_until(lambda: server.job(job_id)["progress_info"].get("epoch"), 300, "the job training")
+        hung, = worker.children()
+        hung.suspend()
+        stopped_at = time.monotonic()
+        job = server.wait_job(job_id, timeout=90)
+        assert job["state"] == "failed" and time.monotonic() - stopped_at >= 15 - 5, job
+        assert "the job's process sent no heartbeat for" in job["reason"], job
+        assert "LETHE_JOB_STALL_S=15" in job["reason"], job
+        assert not hung.is_running() and set(os.listdir(home / "versions")) - known == set()
 
         second = server.wait_job(server.submit({**QUICK_SPEC, "name": "next"}).json()["job_id"], timeout=600)
         assert second["state"] == "promoted", second

@@ -285,6 +285,35 @@ def test_recover_names_the_version_a_dead_job_stored(store):
                        for name, job in jobs.items()}
 
 
+def test_end_interrupted_tells_what_the_killed_job_left(store):
+    """The job worker ends a job whose process died or was killed: failed with the reason,
+    cancelled if a cancel was asked for (it has stopped), or with the version it stored."""
+    died = _submit(store, "died")
+    store.claim_next("here:1")
+    ended = store.end_interrupted(died.id, "the job's process was killed by SIGKILL")
+    assert ended.state == "failed" and ended.reason == (
+        "interrupted: the job's process was killed by SIGKILL while running; restart the job to try again")
+    with pytest.raises(JobFinishedError, match="already ended: it was failed"):
+        store.end_interrupted(died.id, "again")
+
+    asked = _submit(store, "asked-to-stop")
+    store.claim_next("here:1")
+    store.cancel(asked.id, actor="token:abc")
+    ended = store.end_interrupted(asked.id, "its process sent no heartbeat for 20 s (hung?) and was killed")
+    assert ended.state == "cancelled" and ended.reason.startswith("cancelled by request: its process sent no")
+
+    stored = _submit(store, "stored")
+    store.claim_next("here:1")
+    ended = store.end_interrupted(stored.id, "hung", stored=StoredVersion("digits-v4", "promoted", True))
+    assert ended.state == "promoted" and ended.version == "digits-v4" and ended.reason.startswith("recovered: hung")
+
+    queued = _submit(store, "queued")
+    with pytest.raises(LetheError, match="has not been claimed"):
+        store.end_interrupted(queued.id, "never ran")
+    audited = {(e.job_id, e.action) for e in store.audit_log() if e.action not in ("submit", "cancel")}
+    assert audited == {(died.id, "failed"), (asked.id, "cancelled"), (stored.id, "promoted")}
+
+
 def test_recover_sees_through_a_reused_pid(store):
     job = _submit(store)
     store.claim_next(this_worker())
