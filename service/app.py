@@ -71,12 +71,13 @@ def _models_view(registry: Registry, model: str) -> dict[str, Any]:
         versions.append({
             "version": m.version, "parent": m.parent, "status": m.status, "created_at": m.created_at,
             "spec": (m.spec or {}).get("name") if m.spec else None, "reason": m.reason,
-            "metrics": {k: after.get(k) for k in ("invalidity", "fid", "filtered_fid", "inception_score", "extractor",
-                                                  "forget", "retain")
+            "metrics": {k: after.get(k) for k in ("invalidity", "judge_invalidity", "fid", "filtered_fid",
+                                                  "inception_score", "extractor", "judged_by", "forget", "retain")
                         if k in after} or (m.metrics or {}).get("quality") or None,
         })
     image_to_image = bool(manifests) and manifests[-1].image_to_image
-    return {"model": model, "kind": "image-to-image" if image_to_image else "generator",
+    domain = manifests[-1].domain_name if manifests else None
+    return {"model": model, "domain": domain, "kind": "image-to-image" if image_to_image else "generator",
             "routes": ["/inpaint"] if image_to_image else ["/generate", "/grid"],
             "active": registry.active(model), "versions": versions}
 

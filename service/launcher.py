@@ -1,4 +1,5 @@
-"""``lethe serve``: bootstrap if needed, then run the BentoML server and the job worker
+"""``lethe serve``: bootstrap what ``LETHE_MODEL`` needs (its built-in domain and that domain's
+models) if it has no active version, then run the BentoML server and the job worker
 side by side, restarting the worker if it dies, stopping both on SIGTERM/SIGINT.
 
 The worker is started once the server is ready, with the server's
@@ -61,12 +62,20 @@ def _stop(process: subprocess.Popen | None, timeout: float = 20.0) -> None:
 
 def serve(*, port: int = 3000, host: str = "0.0.0.0", workers: int = 1, job_worker: bool = True) -> int:
     from unlearning.bootstrap import bootstrap
+    from unlearning.domains import builtin_for_model
     from unlearning.registry import Registry
+    from unlearning.runtime import DEFAULT_MODEL
 
     registry = Registry()
-    if registry.active("digits") is None:
-        print("lethe: no active model yet; bootstrapping the embedded default first", file=sys.stderr)
-        bootstrap(registry)
+    model = os.environ.get("LETHE_MODEL", DEFAULT_MODEL)
+    if registry.active(model) is None:
+        domain = builtin_for_model(model)
+        if domain is None:
+            print(f"lethe: model {model!r} has no active version and no built-in domain makes it: import it "
+                  "(`lethe import`) or bootstrap its domain first", file=sys.stderr)
+            return 2
+        print(f"lethe: no active {model!r} yet; bootstrapping domain {domain.name!r} first", file=sys.stderr)
+        bootstrap(registry, domain=domain.name)
     env = dict(os.environ, LETHE_HOME=str(registry.home), LETHE_WORKERS=str(workers))
     if not env.get("LETHE_ADMIN_TOKEN"):
         env["LETHE_ADMIN_TOKEN"] = secrets.token_urlsafe(24)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from unlearning.runtime import DEFAULT_INPAINTER, DEFAULT_MODEL
+
 MIB = 1 << 20
 DEFAULT_JOB_STALL_S = 120.0  # 24 missed heartbeats (one per 5 s): the job's process is hung, not busy
 
@@ -23,8 +25,8 @@ def _env_float(name: str, default: float) -> float:
 
 class Settings(BaseModel):
     home: Path = Field(description="LETHE_HOME: registry, jobs, uploads, reports")
-    model: str = Field("digits", description="the generator served when a request names none")
-    inpainter_model: str = Field("digits-inpainter", description="LETHE_INPAINTER_MODEL: /inpaint's default model")
+    model: str = Field(DEFAULT_MODEL, description="LETHE_MODEL: the generator served when a request names none")
+    inpainter_model: str = Field(DEFAULT_INPAINTER, description="LETHE_INPAINTER_MODEL: /inpaint's default model")
     admin_token: str | None = Field(None, description="LETHE_ADMIN_TOKEN; admin routes answer 401 without it")
     max_upload_bytes: int = Field(description="LETHE_MAX_UPLOAD_MB: largest admin request body (413 above)")
     max_request_bytes: int = Field(description="largest sampling request body (413 above)")
@@ -49,8 +51,8 @@ class Settings(BaseModel):
             raise SystemExit(f"LETHE_JOB_STALL_S must be a positive number of seconds, got {stall_s:g}")
         return cls(
             home=lethe_home(),
-            model=os.environ.get("LETHE_MODEL", "digits"),
-            inpainter_model=os.environ.get("LETHE_INPAINTER_MODEL", "digits-inpainter"),
+            model=os.environ.get("LETHE_MODEL", DEFAULT_MODEL),
+            inpainter_model=os.environ.get("LETHE_INPAINTER_MODEL", DEFAULT_INPAINTER),
             admin_token=os.environ.get("LETHE_ADMIN_TOKEN") or None,
             max_upload_bytes=int(_env_float("LETHE_MAX_UPLOAD_MB", 64) * MIB),
             max_request_bytes=1 * MIB,

@@ -8,6 +8,9 @@ Layout::
     active/<model>.json                {"version", "activated_at"}: the version served for <model>
     classifiers/<name>/                classifier.safetensors + classifier.json (format "torch")
                                        or classifier.onnx (format "onnx"), and manifest.json
+    domains/<name>/                    a domain: its judge, data splits, cached reference
+                                       statistics (and the data itself when copied in), and
+                                       manifest.json (``unlearning.domains``)
 
 Every file a version or classifier holds is listed in its manifest with its sha256, and is
 checked against it before anything is loaded or activated. Folders appear by one atomic
@@ -75,7 +78,8 @@ class VersionManifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     reason: str | None = Field(None, description="why it was rejected")
     dataset: str | None = None
-    classifier: str | None = Field(None, description="name of the domain classifier")
+    classifier: str | None = Field(None, description="name of the domain's guide classifier")
+    domain: str | None = Field(None, description="the domain (dataset, guide, judge) the model belongs to")
     job: str | None = Field(None, description="id of the service job that made it")
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256 hex")
 
@@ -88,6 +92,11 @@ class VersionManifest(BaseModel):
     def onnx_file(self) -> str:
         return f"{INPAINTER if self.image_to_image else GENERATOR}.onnx"
 
+    @property
+    def domain_name(self) -> str | None:
+        """The domain; versions made before domains existed name only their dataset."""
+        return self.domain or self.dataset
+
 
 class ClassifierManifest(BaseModel):
     """What ``classifiers/<name>/manifest.json`` holds."""
@@ -97,6 +106,23 @@ class ClassifierManifest(BaseModel):
     format: ClassifierFormat = "torch"
     metrics: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] | None = None
+    domain: str | None = Field(None, description="the domain whose guide this classifier is")
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256 hex")
+
+
+class DomainManifest(BaseModel):
+    """What ``domains/<name>/manifest.json`` holds (``unlearning.domains`` builds it)."""
+
+    name: str
+    created_at: str
+    labels: list[str] = Field(description="class names; index = label")
+    image_shape: tuple[int, int, int] = Field(description="(channels, height, width)")
+    builtin: str | None = Field(None, description="the built-in domain whose data it reads, if any")
+    references: dict[str, str] = Field(
+        default_factory=dict, description="files read in place (not copied in): absolute path -> sha256 hex")
+    guide: str = Field(description="the guide classifier (in classifiers/): what specs name")
+    sizes: dict[str, int] = Field(default_factory=dict, description="train, held_out, guide, judge images")
+    metrics: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256 hex")
 
 
@@ -214,7 +240,8 @@ class Registry:
         self.versions_dir = self.home / "versions"
         self.active_dir = self.home / "active"
         self.classifiers_dir = self.home / "classifiers"
-        for folder in (self.versions_dir, self.active_dir, self.classifiers_dir):
+        self.domains_dir = self.home / "domains"
+        for folder in (self.versions_dir, self.active_dir, self.classifiers_dir, self.domains_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -252,6 +279,7 @@ class Registry:
         reason: str | None = None,
         dataset: str | None = None,
         classifier: str | None = None,
+        domain: str | None = None,
         job: str | None = None,
     ) -> VersionManifest:
         """Store a new version of ``model``: ``write_files(folder)`` writes its files into a
@@ -280,6 +308,7 @@ class Registry:
                     reason=reason,
                     dataset=dataset,
                     classifier=classifier,
+                    domain=domain,
                     job=job,
                     files=files,
                 )
@@ -450,6 +479,52 @@ class Registry:
 
     # ------------------------------------------------------------------------- classifiers
 
+    def _store_folder(
+        self,
+        parent: Path,
+        name: str,
+        what: str,
+        write_files: Callable[[Path], None],
+        make_manifest: Callable[[dict[str, str]], BaseModel],
+        *,
+        replace: bool,
+        check: Callable[[Path], None] | None = None,
+    ) -> BaseModel:
+        """Store a named immutable folder (a classifier, a domain) under ``parent``:
+        ``write_files`` fills a private temporary folder, ``check`` may refuse it, its files
+        are checksummed into ``make_manifest(files)``, and it appears in one rename (an old
+        folder of that name, with ``replace``, is swapped out under the lock)."""
+        _check_name(name, what)
+        final = parent / name
+        if final.exists() and not replace:
+            raise LetheError(f"{what} {name!r} already exists; pass replace=True to replace it")
+        tmp = parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        trash: Path | None = None
+        try:
+            write_files(tmp)
+            if check is not None:
+                check(tmp)
+            manifest = make_manifest(_hash_and_sync(tmp))
+            _write_json_atomic(tmp / MANIFEST, manifest.model_dump(mode="json"))
+            _fsync_path(tmp)
+            with self._locked():
+                _remove_stale(parent)
+                self._restore_trash(parent)
+                if final.exists():
+                    if not replace:
+                        raise LetheError(f"{what} {name!r} already exists; pass replace=True to replace it")
+                    trash = parent / f"{_TRASH_PREFIX}{uuid.uuid4().hex}-{name}"
+                    os.rename(final, trash)
+                os.rename(tmp, final)
+                _fsync_path(parent)
+                if trash is not None:
+                    shutil.rmtree(trash, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return manifest
+
     def _store_classifier(
         self,
         name: str,
@@ -459,51 +534,22 @@ class Registry:
         metrics: dict[str, Any],
         labels: list[str] | None,
         replace: bool,
+        domain: str | None = None,
         check: Callable[[Path], None] | None = None,
     ) -> ClassifierManifest:
-        _check_name(name, "classifier")
-        final = self.classifiers_dir / name
-        if final.exists() and not replace:
-            raise LetheError(f"classifier {name!r} already exists; pass replace=True to replace it")
-        tmp = self.classifiers_dir / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        trash: Path | None = None
-        try:
-            write_files(tmp)
-            if check is not None:
-                check(tmp)
-            files = _hash_and_sync(tmp)
-            manifest = ClassifierManifest(
-                name=name, created_at=_now(), format=fmt, metrics=dict(metrics or {}),
-                labels=list(labels) if labels else None, files=files,
-            )
-            _write_json_atomic(tmp / MANIFEST, manifest.model_dump(mode="json"))
-            _fsync_path(tmp)
-            with self._locked():
-                _remove_stale(self.classifiers_dir)
-                self._restore_trash()
-                if final.exists():
-                    if not replace:
-                        raise LetheError(
-                            f"classifier {name!r} already exists; pass replace=True to replace it"
-                        )
-                    trash = self.classifiers_dir / f"{_TRASH_PREFIX}{uuid.uuid4().hex}-{name}"
-                    os.rename(final, trash)
-                os.rename(tmp, final)
-                _fsync_path(self.classifiers_dir)
-                if trash is not None:
-                    shutil.rmtree(trash, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return manifest
+        def manifest(files: dict[str, str]) -> ClassifierManifest:
+            return ClassifierManifest(name=name, created_at=_now(), format=fmt, metrics=dict(metrics or {}),
+                                      labels=list(labels) if labels else None, domain=domain, files=files)
 
-    def _restore_trash(self) -> None:
-        """A replace interrupted between its two renames: put the old classifier back if
-        the new one never arrived, otherwise drop it. Call with the lock held."""
-        for entry in self.classifiers_dir.glob(f"{_TRASH_PREFIX}*"):
+        return self._store_folder(self.classifiers_dir, name, "classifier", write_files, manifest,  # type: ignore[return-value]
+                                  replace=replace, check=check)
+
+    def _restore_trash(self, parent: Path) -> None:
+        """A replace interrupted between its two renames: put the old folder back if the
+        new one never arrived, otherwise drop it. Call with the lock held."""
+        for entry in parent.glob(f"{_TRASH_PREFIX}*"):
             name = entry.name[len(_TRASH_PREFIX) + 33 :]
-            target = self.classifiers_dir / name
+            target = parent / name
             if name and not target.exists():
                 os.rename(entry, target)
             else:
@@ -517,8 +563,10 @@ class Registry:
         *,
         labels: list[str] | None = None,
         replace: bool = False,
+        domain: str | None = None,
     ) -> ClassifierManifest:
-        """Store a PyTorch classifier (a model ``save_model`` knows) under ``name``."""
+        """Store a PyTorch classifier (a model ``save_model`` knows) under ``name``; ``domain``
+        names the domain it guides."""
         from unlearning.models.io import save_model
 
         if labels is None:
@@ -527,7 +575,7 @@ class Registry:
         return self._store_classifier(
             name,
             lambda folder: save_model(classifier_module, folder, "classifier"),
-            fmt="torch", metrics=metrics, labels=labels, replace=replace,
+            fmt="torch", metrics=metrics, labels=labels, replace=replace, domain=domain,
         )
 
     def register_onnx_classifier(
@@ -587,15 +635,59 @@ class Registry:
         return load_model(folder, "classifier")
 
     def list_classifiers(self) -> list[ClassifierManifest]:
+        return self._list_folders(self.classifiers_dir, ClassifierManifest)  # type: ignore[return-value]
+
+    @staticmethod
+    def _list_folders(parent: Path, schema: type[BaseModel]) -> list[BaseModel]:
         found = []
-        for entry in sorted(self.classifiers_dir.iterdir()):
+        for entry in sorted(parent.iterdir()):
             if entry.name.startswith(".") or not entry.is_dir():
                 continue
             try:
-                found.append(ClassifierManifest.model_validate_json((entry / MANIFEST).read_text()))
+                found.append(schema.model_validate_json((entry / MANIFEST).read_text()))
             except (OSError, ValidationError, ValueError, UnicodeDecodeError) as exc:
                 log.warning("skipping %s: no valid %s (%s)", entry, MANIFEST, exc)
         return found
+
+    # ----------------------------------------------------------------------------- domains
+
+    def register_domain(
+        self, name: str, write_files: Callable[[Path], None], fields: dict[str, Any], *, replace: bool = False,
+    ) -> DomainManifest:
+        """Store a domain's folder: ``write_files`` writes its judge, splits and statistics;
+        ``fields`` are the manifest's other fields (``unlearning.domains`` builds them)."""
+        return self._store_folder(  # type: ignore[return-value]
+            self.domains_dir, name, "domain", write_files,
+            lambda files: DomainManifest(name=name, created_at=_now(), files=files, **fields), replace=replace,
+        )
+
+    def get_domain(self, name: str) -> DomainManifest:
+        path = self.domains_dir / name / MANIFEST if isinstance(name, str) and _NAME.match(name) else None
+        if path is None or not path.is_file():
+            known = [m.name for m in self.list_domains()]
+            raise NotFoundError(f"domain {name!r} not found; known domains: {_known(known)}")
+        try:
+            return DomainManifest.model_validate_json(path.read_text())
+        except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"domains/{name}/{MANIFEST}: unreadable manifest ({exc})") from None
+
+    def verify_domain(self, name: str) -> DomainManifest:
+        """The manifest, every stored file checked, and every referenced file too."""
+        manifest = self.get_domain(name)
+        _verify_files(self.domains_dir / name, manifest.files, f"domains/{name}")
+        for path, expected in sorted(manifest.references.items()):
+            if not Path(path).is_file():
+                raise IntegrityError(f"domain {name!r} reads {path}, which is missing")
+            if sha256_file(Path(path)) != expected:
+                raise IntegrityError(f"domain {name!r} reads {path}, which changed since the domain was registered")
+        return manifest
+
+    def domain_dir(self, name: str) -> Path:
+        self.get_domain(name)
+        return self.domains_dir / name
+
+    def list_domains(self) -> list[DomainManifest]:
+        return self._list_folders(self.domains_dir, DomainManifest)  # type: ignore[return-value]
 
 
 def onnx_classifier_module(path: Path, label: str) -> nn.Module:

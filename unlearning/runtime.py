@@ -12,6 +12,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+# What a request that names no model samples, and /inpaint's default: the embedded default
+# domain's (LETHE_MODEL and LETHE_INPAINTER_MODEL change them).
+DEFAULT_MODEL = "digits"
+DEFAULT_INPAINTER = "digits-inpainter"
+
 
 def lethe_home() -> Path:
     """LETHE_HOME (default ``~/.lethe``): everything that must survive a restart."""

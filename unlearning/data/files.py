@@ -203,12 +203,19 @@ def load_image_folder(
         raise InputDataError(f"{root.name}: has {total:,} images; at most {limits.max_images:,} are accepted")
     budget = _Budget(limits, root.name)
     arrays, labels = [], []
+    first: tuple[str, tuple[int, ...]] | None = None
     for label, (_, files) in enumerate(groups):
         for file in files:
-            what = f"{root.name}: {file.relative_to(root).as_posix()!r}"
-            arrays.append(
-                _decode_png(_read_file(file, budget), what, None, budget, channels=channels, resize=resolution)
-            )
+            name = file.relative_to(root).as_posix()
+            what = f"{root.name}: {name!r}"
+            array = _decode_png(_read_file(file, budget), what, None, budget, channels=channels, resize=resolution)
+            if first is None:
+                first = (name, array.shape[1:])
+            elif array.shape[1:] != first[1]:
+                (h, w), (fh, fw) = array.shape[1:], first[1]
+                raise InputDataError(f"{root.name}: {name!r} is {w}x{h} pixels but {first[0]!r} is {fw}x{fh}; "
+                                     "every image must be the same size")
+            arrays.append(array)
             labels.append(label)
     images = _stack(arrays, root.name, None)
     return LabelledImages(images, torch.tensor(labels, dtype=torch.int64)), [name for name, _ in groups]

@@ -131,11 +131,24 @@ _Probability = Annotated[float, Field(allow_inf_nan=False)]
 # --------------------------------------------------------------------------------------
 
 
+# A class: its index, or its name among the classifier's labels ("Trouser"); names are
+# resolved against the classifier before Omega is built (``labels.py``).
+def _label(value: int | str) -> int | str:
+    if isinstance(value, bool) or (isinstance(value, int) and value < 0):
+        raise PydanticCustomError("label", "should be greater than or equal to 0 (got {value})", {"value": value})
+    if isinstance(value, str) and not 1 <= len(value) <= 128:
+        raise PydanticCustomError("label", "a label name must have 1 to 128 characters")
+    return value
+
+
+Label = Annotated[Union[int, str], Field(union_mode="left_to_right"), AfterValidator(_label)]
+
+
 class OneMinusProb(_Strict):
     """f(x) = 1 - softmax(logits(x))[label]: label redaction (IV-A)."""
 
     type: Literal["one_minus_prob"] = "one_minus_prob"
-    label: int = Field(ge=0)
+    label: Label
 
 
 class OneMinusEntropy(_Strict):
@@ -158,7 +171,7 @@ class ClassifierLabelRule(_Strict):
 
     type: Literal["classifier_label"] = "classifier_label"
     classifier: str = Field(min_length=1)
-    labels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    labels: list[Label] = Field(min_length=1)
 
 
 class ClassifierScoreRule(_Strict):
@@ -370,7 +383,11 @@ ForgetSet = Annotated[
 class Gates(_Strict):
     """What a candidate must pass before promotion."""
 
-    max_invalidity: _Probability = Field(0.001, ge=0.0, le=1.0)
+    max_invalidity: _Probability = Field(0.001, ge=0.0, le=1.0, description="by the spec's own checks")
+    max_judge_invalidity: _Probability | None = Field(
+        None, ge=0.0, le=1.0,
+        description="the same label-based checks asked of the domain's judge; default: max(0.01, max_invalidity)",
+    )
     max_fid_increase: float = Field(5.0, ge=0.0, allow_inf_nan=False)
     eval_samples: int = Field(50_000, ge=100, le=1_000_000)
     max_attack_invalidity: _Probability | None = Field(None, ge=0.0, le=1.0)
@@ -484,6 +501,7 @@ _OWN_MESSAGES = {
     "slug",
     "duplicate_index",
     "index_out_of_range",
+    "label",
 }
 
 
