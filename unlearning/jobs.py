@@ -144,7 +144,7 @@ def prepare_redaction_set(
             raise SpecError(f"sets: file '{name}' is referenced but no upload folder was given")
         path = Path(uploads_dir) / name
         if not path.is_file():
-            raise SpecError(f"sets: file '{name}' was not uploaded (looked in {uploads_dir})")
+            raise SpecError(f"sets: file '{name}' was not uploaded with the request")
         negatives[name] = load_images(path, expected_shape=domain.image_shape)
 
     classifiers: dict[str, torch.nn.Module] = {domain.classifier_name: domain.classifier}
@@ -186,6 +186,7 @@ def preflight(
     spec = load_spec(spec)
     parent_manifest = resolve_parent(registry, parent, model)
     method = _method_for(spec, parent_manifest)
+    hyperparameters(method, spec.hyperparameters)  # names, types and bounds, against the method's model
     domain = load_domain(registry, parent_manifest, device=device or torch.device("cpu"))
     omega = prepare_redaction_set(spec, registry, domain, uploads_dir, marks_from=parent_manifest.version)
     if parent_manifest.image_to_image:

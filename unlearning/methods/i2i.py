@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from unlearning.data.proxy import proxy_images
 from unlearning.errors import SpecError
-from unlearning.methods.base import Callbacks
+from unlearning.methods.base import MAX_BATCH, MAX_SEED, Callbacks
 from unlearning.models.inpainter import Inpainter
 
 LOG_EVERY = 50
@@ -38,21 +38,21 @@ LOG_EVERY = 50
 class I2IHyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float = Field(0.25, gt=0.0, description="weight of the forget term (the paper: 0.25)")
-    lr: float = Field(1e-3, gt=0.0)
+    alpha: float = Field(0.25, gt=0.0, le=1e3, description="weight of the forget term (the paper: 0.25)")
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
     steps: int = Field(600, ge=1, le=1_000_000)
-    batch_size: int = Field(32, ge=1, description="retain and forget samples per step, each")
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="retain and forget samples per step, each")
     retain: Literal["data", "proxy"] = Field(
         "data", description="data: the training images outside the forget set (or retain_files); proxy: no retain data",
     )
-    retain_files: list[str] = Field(default_factory=list, description="uploaded retain images (npz, png, zip)")
+    retain_files: list[str] = Field(default_factory=list, max_length=32, description="uploaded retain images (npz, png, zip)")
     proxy_samples: int = Field(2000, ge=16, le=100_000, description="typed digits, and as many pen strokes")
     refine_passes: int = Field(3, ge=0, le=50, description="passes of x <- h0(T(x)) over the proxy")
     exclusion_quantile: float = Field(
         0.9, ge=0.0, le=1.0,
         description="drop proxy images nearer a forget image than this quantile of forget-to-forget spacing",
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 @torch.no_grad()
