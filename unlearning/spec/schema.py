@@ -37,6 +37,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_serializer,
     model_validator,
@@ -44,7 +45,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from unlearning.errors import SpecError
-from unlearning.names import NAME_RULE, is_name, shown
+from unlearning.names import NAME, NAME_RULE, is_name, shown
 from unlearning.spec.bounds import MAX_DEPTH, BoundedComposer, check_data, check_text
 
 __all__ = [
@@ -141,7 +142,8 @@ def _classifier_name(name: str) -> str:
     return name
 
 
-ClassifierName = Annotated[str, AfterValidator(_classifier_name)]
+ClassifierName = Annotated[str, AfterValidator(_classifier_name),
+                           WithJsonSchema({"type": "string", "pattern": NAME.pattern, "maxLength": 64})]
 
 
 # --------------------------------------------------------------------------------------
