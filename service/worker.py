@@ -287,7 +287,9 @@ def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False, stall_s: 
     ended = store.recover(stored=lambda job_id: _stored_by(registry, job_id))
     if ended:
         log.warning("ended %d job(s) interrupted by a previous crash: %s", len(ended), ", ".join(ended))
-    sweep_uploads(store, home / "uploads")  # of jobs that ended in a crash, or before a restart
+    for job_id in ended:
+        remove_ended(store.get(job_id), home / "uploads")
+    sweep_uploads(store, home / "uploads")  # what a crash left: of jobs that ended, of unfinished requests
 
     stopping = threading.Event()
 

@@ -300,6 +300,11 @@ LONG_NAME_CASES = {
     "model-long": (lambda s: s.client.post("/admin/redactions", params={"model": "d" * 5000}, json=ZERO_DATA,
                                            headers=s.auth), 400),
     "job-id-long": (lambda s: s.client.get("/admin/redactions/" + "a" * 5000, headers=s.auth), 404),
+    "data-file-long": (lambda s: s.submit({"name": "long", "sets": [{"kind": "data", "files": ["a" * 100_000]}]}), 400),
+    "retain-file-long": (lambda s: s.client.post("/admin/redactions", params={"model": "digits-inpainter"}, json={
+        "name": "long", "sets": [{"kind": "validity", "rule": {"type": "classifier_label", "classifier": "digits",
+                                                                "labels": [0]}}],
+        "hyperparameters": {"retain_files": ["a" * 100_000]}}, headers=s.auth), 400),
 }
 
 

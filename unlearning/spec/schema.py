@@ -308,9 +308,15 @@ AllOfRule.model_rebuild()
 # --------------------------------------------------------------------------------------
 
 
+MAX_FILE_NAME = 128  # as an upload's name may be; far under the file system's 255 bytes
+
+
 def _plain_file_name(name: str) -> str:
     if not name:
         raise PydanticCustomError("file_name", "file name is empty")
+    if len(name) > MAX_FILE_NAME:
+        raise PydanticCustomError("file_name", "{name} is longer than {n} characters",
+                                  {"name": shown(name), "n": MAX_FILE_NAME})
     if "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
         raise PydanticCustomError(
             "file_name",
