@@ -22,6 +22,7 @@ import time
 import uuid
 import zipfile
 
+import httpx
 import numpy as np
 import psutil
 import pytest
@@ -377,7 +378,7 @@ def nested_rule(depth: int) -> dict:
     return {"name": "deep", "sets": [{"kind": "validity", "rule": rule}]}
 
 
-def submit_text(server, text: str, how: str) -> "httpx.Response":  # noqa: F821
+def submit_text(server, text: str, how: str) -> httpx.Response:
     if how == "multipart":
         return server.client.post("/admin/redactions", files={"spec": (None, text, "application/yaml")},
                                   headers=server.auth)
