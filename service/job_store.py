@@ -51,6 +51,7 @@ from pydantic import BaseModel, Field
 
 from unlearning.processes import pid_alive
 from unlearning.errors import LetheError, NotFoundError
+from unlearning.names import shown
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,10 @@ class JobStoreError(LetheError):
 
 class JobStoreBusyError(JobStoreError):
     """The job database stayed locked by another process for longer than the busy timeout."""
+
+
+class QueueFullError(LetheError):
+    """As many jobs are queued as the limit allows (``submit``'s ``max_queued``)."""
 
 
 class JobFinishedError(LetheError):
@@ -447,7 +452,7 @@ class JobStore:
         if isinstance(job_id, str):
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise NotFoundError(f"job {job_id!r} not found")
+            raise NotFoundError(f"job {shown(job_id)} not found")
         return row
 
     def get(self, job_id: str) -> JobRecord:
@@ -455,21 +460,26 @@ class JobStore:
         with self._connect() as conn:
             return self._record(self._row(conn, job_id))
 
-    def list(self, limit: int = 100, states: Iterable[JobState] | None = None) -> list[JobRecord]:
-        """Up to ``limit`` jobs (in ``states``, if given), newest first."""
+    def list(self, limit: int = 100, states: Iterable[JobState] | None = None,
+             before: str | None = None) -> list[JobRecord]:
+        """Up to ``limit`` jobs (in ``states``, if given), newest first; with ``before`` (a
+        job id), only the jobs submitted before that one (the next page)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise LetheError(f"limit must be a positive whole number, not {limit!r}")
         chosen = _check_states(states)
-        query, params = "SELECT * FROM jobs", []
+        where, params = [], []
         if chosen is not None:
             if not chosen:
                 return []
-            query += f" WHERE state IN ({', '.join('?' * len(chosen))})"
+            where.append(f"state IN ({', '.join('?' * len(chosen))})")
             params.extend(chosen)
-        query += " ORDER BY seq DESC LIMIT ?"
-        params.append(limit)
         with self._connect() as conn:
-            return [self._record(row) for row in conn.execute(query, params).fetchall()]
+            if before is not None:
+                where.append("seq < ?")
+                params.append(self._row(conn, before)["seq"])
+            query = "SELECT * FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "")
+            return [self._record(row) for row in conn.execute(query + " ORDER BY seq DESC LIMIT ?",
+                                                                [*params, limit]).fetchall()]
 
     def audit_log(
         self,
@@ -583,12 +593,19 @@ class JobStore:
         uploads_dir: str | Path | None = None,
         model: str | None = None,
         detail: dict[str, Any] | None = None,
+        max_queued: int | None = None,
     ) -> JobRecord:
         """Store a new job, queued, with its ``submit`` audit entry (``model`` and ``detail``,
-        e.g. the method, go to that entry) in the same transaction."""
+        e.g. the method, go to that entry) in the same transaction. With ``max_queued``,
+        QueueFullError when that many jobs are queued already (counted in the transaction)."""
         spec_json = _dumps_plain(spec, "the forget specification")
         job_id, now = uuid.uuid4().hex, _now()
         with self._write() as conn:
+            if max_queued is not None:
+                queued = conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+                if queued >= max_queued:
+                    raise QueueFullError(f"{queued} jobs are queued, the limit (LETHE_MAX_QUEUED_JOBS={max_queued}); "
+                                         "wait for some to start, or cancel one, and submit again")
             conn.execute(
                 """INSERT INTO jobs (id, state, spec, spec_hash, spec_name, parent, actor,
                    uploads_dir, created_at, updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -650,6 +667,8 @@ class JobStore:
                 return self._record(row)
             if row["state"] not in ACTIVE_STATES:
                 raise LetheError(f"job {job_id} is {row['state']}: it has not been claimed by a worker")
+            if row["state"] == "validating":
+                state = "validating"  # a job never goes back to running once it validates
             old = json.loads(row["progress_info"] or "{}")
             new = dict(info or {})
             if "stage" in new and new["stage"] != old.get("stage"):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.job_store import FINAL_STATES, JobFinishedError, JobRecord, JobStore, StoredVersion, this_worker
 from service.settings import DEFAULT_JOB_STALL_S
+from service.uploads import remove_ended, sweep as sweep_uploads
 from unlearning.errors import CancelledError, LetheError
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ HEARTBEAT_S = 5.0
 WATCH_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.5
 CANCEL_POLL_S = 1.0
+VALIDATION_STAGES = frozenset({"validating", "attack", "done"})
 
 
 class _JobCallbacks:
@@ -49,6 +51,7 @@ class _JobCallbacks:
         self._last_progress = 0.0
         self._last_cancel_check = 0.0
         self._cancelled = False
+        self._validating = False
 
     def progress(self, fraction: float, info: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -57,7 +60,10 @@ class _JobCallbacks:
         if now - self._last_progress < PROGRESS_EVERY_S and fraction < 1.0 and "invalidity" not in info:
             return
         self._last_progress = now
-        state = "validating" if stage in ("validating", "done") else "running"
+        # validating covers every stage after training (the gates' sampling, the attack check,
+        # done); the store never moves a validating job back to running either
+        self._validating = self._validating or stage in VALIDATION_STAGES
+        state = "validating" if self._validating else "running"
         try:
             self.store.report_progress(self.job_id, fraction, info, state=state)
         except JobFinishedError:
@@ -281,6 +287,9 @@ def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False, stall_s: 
     ended = store.recover(stored=lambda job_id: _stored_by(registry, job_id))
     if ended:
         log.warning("ended %d job(s) interrupted by a previous crash: %s", len(ended), ", ".join(ended))
+    for job_id in ended:
+        remove_ended(store.get(job_id), home / "uploads")
+    sweep_uploads(store, home / "uploads")  # what a crash left: of jobs that ended, of unfinished requests
 
     stopping = threading.Event()
 
@@ -305,6 +314,7 @@ def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False, stall_s: 
         log.info("job %s: %s", job.id, job.spec_name)
         record = run_job_isolated(store, job, home, stall_s=stall_s)
         log.info("job %s ended %s%s", job.id, record.state, f": {record.reason}" if record.reason else "")
+        remove_ended(record, home / "uploads")
         if once:
             return
 

@@ -3,8 +3,9 @@
 ``base_home`` is the embedded default exactly as `lethe bootstrap` builds it (full
 pre-training: a few minutes on 2 cores); ``quick_home`` is a 2-epoch bootstrap for tests
 of error paths that need a registry but not a good model. Tests that change state work
-on a copy (``base_copy`` / ``quick_copy``). A developer may set ``LETHE_TEST_BASE_HOME`` to
-a home `lethe bootstrap` already built: it is copied, and bootstrap adds what it lacks."""
+on a copy (``base_copy`` / ``quick_copy``). A developer may set ``LETHE_TEST_BASE_HOME``
+(``LETHE_TEST_QUICK_HOME``) to a home `lethe bootstrap` (`--epochs 2`) already built: it
+is copied, and bootstrap adds what it lacks."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def base_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def quick_home(tmp_path_factory) -> Path:
-    return _bootstrapped(tmp_path_factory.mktemp("quick"), 2)
+    return _bootstrapped(tmp_path_factory.mktemp("quick"), 2, os.environ.get("LETHE_TEST_QUICK_HOME"))
 
 
 def _copy(home: Path, tmp_path: Path, monkeypatch) -> Path:

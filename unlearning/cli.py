@@ -360,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve sampling and the admin API (bootstraps first if needed)")
     p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--workers", type=int, default=1, help="serving worker processes")
     p.add_argument("--no-job-worker", action="store_true",
                    help="do not run redaction jobs here (another instance or `lethe worker` does)")

@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from unlearning.processes import pid_alive
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
+from unlearning.names import NAME as _NAME, VERSION as _VERSION, check_name as _check_name, is_version, shown
 from unlearning.runtime import lethe_home
 
 if TYPE_CHECKING:  # torch only where models are loaded or saved: bookkeeping needs none
@@ -51,8 +52,6 @@ Status = Literal["candidate", "promoted", "rejected"]
 ClassifierFormat = Literal["torch", "onnx"]
 
 MANIFEST = "manifest.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_VERSION = re.compile(r"^(?P<model>.+)-v(?P<n>[0-9]+)$")
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 _CHUNK = 1 << 20
@@ -159,15 +158,6 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_path(path.parent)
-
-
-def _check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise LetheError(
-            f"{what} name {name!r} is not allowed: use 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
 
 
 
@@ -332,19 +322,15 @@ class Registry:
 
     def get(self, version: str) -> VersionManifest:
         """The manifest of ``version``; NotFoundError names it and lists known versions."""
-        path = self.versions_dir / version if isinstance(version, str) else None
-        if (
-            path is None
-            or not _VERSION.match(version)
-            or "/" in version
-            or version.startswith(".")
-            or not (path / MANIFEST).is_file()
-        ):
+        # the name rule first: a name that breaks it never becomes a path
+        path = self.versions_dir / version if is_version(version) else None
+        if path is None or not (path / MANIFEST).is_file():
             model = None
-            if isinstance(version, str) and (match := _VERSION.match(version)):
+            if path is not None and (match := _VERSION.match(version)):
                 model = match.group("model")
             known = self._known_versions(model) or self._known_versions()
-            raise NotFoundError(f"version {version!r} not found; known versions: {_known(known)}")
+            what = "not found" if path is not None else "not found (not a version name: <model>-v<N>)"
+            raise NotFoundError(f"version {shown(version)} {what}; known versions: {_known(known)}")
         try:
             manifest = VersionManifest.model_validate_json((path / MANIFEST).read_text())
         except (ValidationError, ValueError, UnicodeDecodeError) as exc:
@@ -606,10 +592,10 @@ class Registry:
         )
 
     def _get_classifier(self, name: str) -> ClassifierManifest:
-        path = self.classifiers_dir / name / MANIFEST
-        if not isinstance(name, str) or not _NAME.match(name) or not path.is_file():
+        if not isinstance(name, str) or not _NAME.match(name) or not (self.classifiers_dir / name / MANIFEST).is_file():
             known = [m.name for m in self.list_classifiers()]
-            raise NotFoundError(f"classifier {name!r} not found; known classifiers: {_known(known)}")
+            raise NotFoundError(f"classifier {shown(name)} not found; known classifiers: {_known(known)}")
+        path = self.classifiers_dir / name / MANIFEST
         try:
             return ClassifierManifest.model_validate_json(path.read_text())
         except (ValidationError, ValueError, UnicodeDecodeError) as exc:

@@ -52,7 +52,7 @@ def prepare_redaction_set(
             raise SpecError(f"sets: file '{name}' is referenced but no upload folder was given")
         path = _uploaded(uploads_dir, name)
         if path is None:
-            raise SpecError(f"sets: file '{name}' was not uploaded with this request")
+            raise SpecError(f"sets: file '{name}' was not uploaded with the request")
         negatives[name] = load_images(path, expected_shape=domain.image_shape)
 
     classifiers: dict[str, torch.nn.Module] = {domain.guide_name: domain.guide}

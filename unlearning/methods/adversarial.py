@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from unlearning.methods.base import GAN, Callbacks
+from unlearning.methods.base import GAN, MAX_BATCH, MAX_SEED, Callbacks
 from unlearning.methods.losses import (
     SoftGuide,
     discriminator_loss,
@@ -35,17 +35,17 @@ class AdversarialSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(8, ge=1, le=10_000)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(2e-4, gt=0)
-    beta1: float = 0.5
-    beta2: float = 0.999
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH)
+    lr: float = Field(2e-4, gt=0, le=1.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
     alpha_pos: float = Field(0.95, gt=0.5, le=1.0, description="a+, real target")
     alpha_neg: float = Field(0.05, ge=0.0, lt=0.5, description="a-, fake target")
     lam: float = Field(0.85, gt=0.0, le=1.0, description="share of G(z) in p_fake (eq. 2)")
-    d_steps: int = Field(1, ge=1, description="K_D")
-    g_steps: int = Field(1, ge=1, description="K_G")
+    d_steps: int = Field(1, ge=1, le=100, description="K_D")
+    g_steps: int = Field(1, ge=1, le=100, description="K_G")
     ema_decay: float | None = Field(0.95, ge=0.0, lt=1.0, description="None: return raw G")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class NegativePool:

@@ -47,7 +47,7 @@ from torch import nn
 
 from unlearning.data.proxy import proxy_images
 from unlearning.errors import SpecError
-from unlearning.methods.base import Callbacks
+from unlearning.methods.base import MAX_BATCH, MAX_SEED, Callbacks
 from unlearning.metrics import FID, reference_stats
 from unlearning.models.inpainter import Inpainter
 
@@ -55,30 +55,30 @@ from unlearning.models.inpainter import Inpainter
 class I2IHyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float = Field(0.05, gt=0.0, description="initial weight of the forget term (the paper: 0.25, fixed)")
+    alpha: float = Field(0.05, gt=0.0, le=1e3, description="initial weight of the forget term (the paper: 0.25, fixed)")
     alpha_doubling_steps: int = Field(
-        500, ge=0, description="the forget weight doubles every this many steps until the target is reached (0: fixed)")
-    alpha_max: float = Field(1.0, gt=0.0, description="the forget weight's ceiling")
-    lr: float = Field(1e-3, gt=0.0)
+        500, ge=0, le=1_000_000, description="the forget weight doubles every this many steps until the target is reached (0: fixed)")
+    alpha_max: float = Field(1.0, gt=0.0, le=1e3, description="the forget weight's ceiling")
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
     steps: int = Field(4000, ge=1, le=1_000_000, description="at most; training stops at the forget target")
-    check_every: int = Field(100, ge=1, description="steps between checks of the forget target")
+    check_every: int = Field(100, ge=1, le=1_000_000, description="steps between checks of the forget target")
     ema_decay: float = Field(0.95, ge=0.0, lt=1.0, description="EMA of the encoder's weights (0: none)")
     target_forget_fid_ratio: float = Field(
-        6.0, ge=1.0, description="stop at the first check where the forget images' restoration FID reaches "
+        6.0, ge=1.0, le=1e6, description="stop at the first check where the forget images' restoration FID reaches "
         "this multiple of the original model's (the job: twice the gate's min_forget_fid_ratio)",
     )
-    batch_size: int = Field(32, ge=1, description="retain and forget samples per step, each")
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="retain and forget samples per step, each")
     retain: Literal["data", "proxy"] = Field(
         "data", description="data: the training images outside the forget set (or retain_files); proxy: no retain data",
     )
-    retain_files: list[str] = Field(default_factory=list, description="uploaded retain images (npz, png, zip)")
+    retain_files: list[str] = Field(default_factory=list, max_length=32, description="uploaded retain images (npz, png, zip)")
     proxy_samples: int = Field(2000, ge=16, le=100_000, description="typed digits, and as many pen strokes")
     refine_passes: int = Field(3, ge=0, le=50, description="passes of x <- h0(T(x)) over the proxy")
     exclusion_quantile: float = Field(
         0.9, ge=0.0, le=1.0,
         description="drop proxy images nearer a forget image than this quantile of forget-to-forget spacing",
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 @torch.no_grad()
