@@ -2,8 +2,9 @@
 
 Generators: ``invalidity`` (the spec's own checks: what the method optimised),
 ``judge_invalidity`` (the same label-based checks asked of the domain's judge, which no
-method sees; present when the spec names the guide), ``fid_increase`` (the judge's features,
-against the parent filtered by the judge), ``class_balance`` (the judge's classes),
+method sees; present when the spec names the guide), ``fid_ratio`` (and ``fid_increase``
+when asked; the judge's features, against the parent filtered by the judge),
+``class_balance`` (the judge's classes),
 optionally ``attack_invalidity``, and ONNX parity. Image-to-image models: retain and forget
 FID ratios, and parity.
 """
@@ -58,10 +59,15 @@ def generator_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, A
         against = f"parent filtered by {before['judged_by']['filtered_fid']}"
     else:
         baseline, against = before["fid"], "parent"
-    increase = after["fid"] - baseline
-    gates.append(Gate(name="fid_increase", value=increase, limit=g.max_fid_increase,
-                      passed=increase <= g.max_fid_increase,
-                      detail=f"against the {against}; extractor {after['extractor']}"))
+    detail = f"against the {against} ({baseline:.4g}); extractor {after['extractor']}"
+    if g.max_fid_ratio is not None:
+        ratio = after["fid"] / max(baseline, 1e-9)
+        gates.append(Gate(name="fid_ratio", value=ratio, limit=g.max_fid_ratio, passed=ratio <= g.max_fid_ratio,
+                          detail=detail))
+    if g.max_fid_increase is not None:
+        increase = after["fid"] - baseline
+        gates.append(Gate(name="fid_increase", value=increase, limit=g.max_fid_increase,
+                          passed=increase <= g.max_fid_increase, detail=detail))
     excluded = forgotten_classes(before)
     ratio = min_share_ratio(before["class_shares"], after["class_shares"], excluded)
     gates.append(Gate(name="class_balance", value=ratio if ratio != float("inf") else None,

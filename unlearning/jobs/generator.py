@@ -20,7 +20,7 @@ from unlearning.methods import (
     DATA_FREE_METHODS, GAN, MethodResult, check_fits_model, choose_method, hyperparameters, run_method,
 )
 from unlearning.metrics import (
-    FID, ClassShares, Filtered, evaluate, latent_attack, min_share_ratio, redaction_score, reference_stats,
+    FID, AttackSettings, ClassShares, Filtered, evaluate, latent_attack, min_share_ratio, redaction_score, reference_stats,
 )
 from unlearning.registry import VersionManifest
 from unlearning.runtime import latents
@@ -98,10 +98,11 @@ class GeneratorJob:
                       progress=lambda done, total: validating.progress(0.4 + 0.4 * done / total,
                                                                        {"model": "candidate"}))
         pictures: dict[str, Any] = {}
-        if omega.has_judge:
+        if omega.has_judge and ctx.spec.gates.attack_starts:
             ctx.callbacks.check_cancelled()
             before["attack"], after["attack"], pictures = attack_check(
-                parent, candidate, omega, device, stage(validating, "attack", 0.8, 1.0).progress)
+                parent, candidate, omega, device, stage(validating, "attack", 0.8, 1.0).progress,
+                settings=AttackSettings(starts=ctx.spec.gates.attack_starts))
         if "discriminator" in trained.parent and "discriminator" in trained.edited:
             trained.stats["redaction_score"] = _mean_redaction_scores(
                 trained.parent["discriminator"], trained.edited["discriminator"], retained, omega_train)
@@ -154,13 +155,14 @@ def selection_probe(ctx: JobContext, parent: torch.nn.Module):
     return quality
 
 
-def attack_check(parent: torch.nn.Module, candidate: torch.nn.Module, omega, device: torch.device, progress=None):
+def attack_check(parent: torch.nn.Module, candidate: torch.nn.Module, omega, device: torch.device, progress=None,
+                 settings: AttackSettings | None = None):
     """The latent attack on parent and candidate from the same starts: (parent summary,
     candidate summary, the first attacked images of each for the report)."""
     summaries, images = [], {}
     for i, (name, generator) in enumerate((("parent", parent), ("candidate", candidate))):
         result = latent_attack(
-            generator, omega, device=device, keep_images=ATTACK_IMAGES,
+            generator, omega, settings, device=device, keep_images=ATTACK_IMAGES,
             progress=(lambda done, total, i=i, name=name: progress(0.5 * (i + done / total),
                                                                    {"model": name, "attack": True}))
             if progress else None,
@@ -185,6 +187,8 @@ def _mean_redaction_scores(parent_d, candidate_d, retained, omega_train) -> dict
 def _require_judge_for_attack_gate(ctx: JobContext) -> None:
     from unlearning.errors import SpecError
 
+    if ctx.spec.gates.max_attack_invalidity is not None and not ctx.spec.gates.attack_starts:
+        raise SpecError("gates.max_attack_invalidity needs the attack: attack_starts must be at least 1")
     if ctx.spec.gates.max_attack_invalidity is not None and not ctx.omega.has_judge:
         raise SpecError("gates.max_attack_invalidity: the attack check needs a validity, classifier or "
                         "data set to judge the images it finds (feedback marks cannot judge new images)")

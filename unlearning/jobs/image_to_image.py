@@ -77,19 +77,6 @@ def _retain_uploads(spec: ForgetSpec, uploads_dir: Path | None, domain: Domain) 
     return torch.cat(parts).to(domain.device)
 
 
-def _retain_uploads(spec: ForgetSpec, uploads_dir: Path | None, domain: Domain) -> torch.Tensor | None:
-    names = retain_files(spec)
-    if not names:
-        return None
-    parts = []
-    for name in names:
-        path = Path(uploads_dir) / name if uploads_dir is not None else None
-        if path is None or not path.is_file():
-            raise SpecError(f"hyperparameters.retain_files: file '{name}' was not uploaded")
-        parts.append(load_images(path, expected_shape=domain.image_shape))
-    return torch.cat(parts).to(domain.device)
-
-
 class ImageToImageJob:
     onnx_name = f"{INPAINTER}.onnx"
 

@@ -55,9 +55,10 @@ from unlearning.models.inpainter import Inpainter
 class I2IHyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float = Field(0.05, gt=0.0, le=1e3, description="initial weight of the forget term (the paper: 0.25, fixed)")
-    alpha_doubling_steps: int = Field(
-        500, ge=0, le=1_000_000, description="the forget weight doubles every this many steps until the target is reached (0: fixed)")
+    alpha: float = Field(0.1, gt=0.0, le=1e3, description="weight of the forget term at the start (the paper: 0.25)")
+    alpha_patience: int = Field(
+        3, ge=0, le=1000, description="checks in a row without 10 % more forgetting before the forget weight "
+        "doubles (0: it stays fixed)")
     alpha_max: float = Field(1.0, gt=0.0, le=1e3, description="the forget weight's ceiling")
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     steps: int = Field(4000, ge=1, le=1_000_000, description="at most; training stops at the forget target")
@@ -126,10 +127,22 @@ class ForgetProgress:
         return self._fid(model) / self.baseline
 
 
-def _forget_weight(hp: I2IHyperparameters, step: int) -> float:
-    if hp.alpha_doubling_steps == 0:
-        return hp.alpha
-    return min(hp.alpha_max, hp.alpha * 2.0 ** ((step - 1) / hp.alpha_doubling_steps))
+class ForgetWeight:
+    """The forget term's weight: ``alpha`` while forgetting progresses, doubled (up to
+    ``alpha_max``) after ``alpha_patience`` checks in a row without 10 % more of it."""
+
+    def __init__(self, hp: I2IHyperparameters):
+        self.value, self.hp = hp.alpha, hp
+        self.best, self.stalled = 0.0, 0
+
+    def observe(self, ratio: float) -> None:
+        if ratio >= 1.1 * self.best:
+            self.best, self.stalled = ratio, 0
+            return
+        self.stalled += 1
+        if self.hp.alpha_patience and self.stalled >= self.hp.alpha_patience:
+            self.value = min(self.hp.alpha_max, 2.0 * self.value)
+            self.best, self.stalled = ratio, 0
 
 
 def _ema_update(average: nn.Module, current: nn.Module, decay: float) -> None:
@@ -171,6 +184,7 @@ def unlearn_encoder(
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (forget ratio, step, encoder state)
     totals = {"loss": 0.0, "retain_loss": 0.0, "forget_loss": 0.0}
+    weight = ForgetWeight(hp)
     for step in range(1, hp.steps + 1):
         callbacks.check_cancelled()
         x_r = retain[torch.randint(len(retain), (hp.batch_size,), generator=rng).to(device)]
@@ -181,7 +195,7 @@ def unlearn_encoder(
             target_f = original.encoder(original.degrade(noise))
         retain_loss = _l2(edited.encoder(edited.degrade(x_r)), target_r)
         forget_loss = _l2(edited.encoder(edited.degrade(x_f)), target_f)
-        loss = retain_loss + _forget_weight(hp, step) * forget_loss
+        loss = retain_loss + weight.value * forget_loss
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -191,12 +205,13 @@ def unlearn_encoder(
             totals[key] += value.item()
         if step % hp.check_every == 0 or step == hp.steps:
             done = (step - 1) % hp.check_every + 1
-            record: dict[str, Any] = {"step": step, "alpha": _forget_weight(hp, step),
+            record: dict[str, Any] = {"step": step, "alpha": weight.value,
                                       **{k: v / done for k, v in totals.items()}}
             totals = dict.fromkeys(totals, 0.0)
             reached = False
             if progress is not None:
                 record["forget_fid_ratio"] = ratio = progress.ratio(average)
+                weight.observe(ratio)
                 if best is None or ratio > best[0]:
                     best = (ratio, step, copy.deepcopy(average.encoder.state_dict()))
                 reached = ratio >= hp.target_forget_fid_ratio
