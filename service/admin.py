@@ -1,5 +1,5 @@
 """The admin API (mounted at ``/admin``): submit, watch, cancel and report redaction
-jobs, activate versions, and read the audit trail. Every route needs
+jobs, import and activate versions, and read the audit trail. Every route needs
 ``Authorization: Bearer $LETHE_ADMIN_TOKEN``.
 
 It only translates HTTP into library calls: uploads are checked by ``unlearning.data``,
@@ -33,7 +33,7 @@ from service.job_store import (
 )
 from service.settings import Settings
 from service.uploads import remove_ended
-from unlearning.errors import IntegrityError, LetheError, NotFoundError
+from unlearning.errors import ConflictError, IntegrityError, LetheError, NotFoundError
 from unlearning.names import shown
 from unlearning.registry import Registry
 
@@ -59,7 +59,7 @@ def _status_for(exc: LetheError) -> int:
         return 503
     if isinstance(exc, QueueFullError):
         return 429
-    if isinstance(exc, IntegrityError):
+    if isinstance(exc, (IntegrityError, ConflictError)):
         return 409
     return 400
 
@@ -102,6 +102,7 @@ class AdminAPI:
             Route("/redactions/{job_id}", self.status, methods=["GET"]),
             Route("/redactions/{job_id}/cancel", self.cancel, methods=["POST"]),
             Route("/redactions/{job_id}/report", self.report, methods=["GET"]),
+            Route("/models", self.import_model, methods=["POST"]),
             Route("/models/{version}/activate", self.activate, methods=["POST"]),
             Route("/audit", self.audit, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
@@ -261,6 +262,12 @@ class AdminAPI:
         manifest = await anyio.to_thread.run_sync(activate)
         log.warning("version %s activated by %s", version, actor)
         return JSONResponse({"active": manifest.version, "model": manifest.model, "status": manifest.status})
+
+    async def import_model(self, request: Request) -> JSONResponse:
+        """A generator trained elsewhere as version 1 of a new model (``service/model_import.py``)."""
+        from service.model_import import import_model
+
+        return await import_model(request, self.registry, self.store, self.uploads_root, _actor(request))
 
     async def openapi(self, request: Request) -> JSONResponse:
         """The OpenAPI document of /models and the admin API (BentoML's /docs.json has the rest)."""

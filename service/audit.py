@@ -1,5 +1,5 @@
 """Audit entries for version events that happen outside a service job: an activation (over
-HTTP or from the CLI) and an offline ``lethe redact``. Job changes record their own entries
+HTTP or from the CLI), an import and an offline ``lethe redact``. Job changes record their own entries
 inside the job store's transactions. The event has happened by the time it is recorded, so
 a failure to record it is logged, never raised."""
 
@@ -13,7 +13,7 @@ from service.job_store import AuditAction, JobStore
 
 log = logging.getLogger(__name__)
 
-_PAST = {"activate": "was activated", "promoted": "was promoted", "rejected": "was rejected"}
+_PAST = {"activate": "was activated", "import": "was imported", "promoted": "was promoted", "rejected": "was rejected"}
 
 
 def cli_actor() -> str:
@@ -48,3 +48,12 @@ def record_activation(store: JobStore, manifest, actor: str, *, previous: str | 
     """The ``activate`` entry for a version that is now active."""
     return record_version_event(store, "activate", manifest, actor,
                                 {"previous": previous, "force": force, "status": manifest.status})
+
+
+def record_import(store: JobStore, manifest, actor: str, *, activated: bool) -> bool:
+    """The ``import`` entry of a model imported as ``manifest``'s version: its domain, what
+    each component is, and whether it was activated."""
+    parts = manifest.metrics.get("import", {}).get("components", {})
+    return record_version_event(store, "import", manifest, actor, {
+        "domain": manifest.domain, "components": {stem: c.get("kind") for stem, c in parts.items()},
+        "activated": activated})

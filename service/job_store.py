@@ -102,7 +102,7 @@ _SCHEMA = [
 
 
 # what an audit entry records: admin actions, then the outcomes the job worker produces
-AuditAction = Literal["submit", "cancel", "activate", "promoted", "rejected", "failed", "cancelled"]
+AuditAction = Literal["submit", "cancel", "activate", "import", "promoted", "rejected", "failed", "cancelled"]
 AUDIT_ACTIONS: tuple[str, ...] = get_args(AuditAction)
 AUDIT_MAX_LIMIT = 1000
 WORKER_ACTOR = "job-worker"

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from service.job_store import AUDIT_ACTIONS, AUDIT_MAX_LIMIT, JOB_STATES, AuditEntry, JobRecord
+from unlearning.importing.sources import UPLOAD_NAMES as IMPORT_FILES
 
 _REF = "#/components/schemas/{model}"
 
@@ -123,6 +124,29 @@ def admin_openapi() -> dict[str, Any]:
             "parameters": [job_id], "responses": {
                 "200": {"description": "the report", "content": {"text/html": {"schema": {"type": "string"}}}},
                 **common}}},
+        "/admin/models": {"post": {
+            "operationId": "import_model",
+            "summary": "Import a generator trained elsewhere as version 1 of a new model (as `lethe import`)",
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["model", "domain"], "properties": {
+                    "model": {"type": "string", "description": "the new model's name"},
+                    "domain": {"type": "string", "description": "the registered domain it generates"},
+                    "activate": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"],
+                                 "description": "serve it at once (default true)"},
+                    **{name: {"type": "string", "contentMediaType": "application/octet-stream"}
+                       for name in sorted(IMPORT_FILES)}},
+                "additionalProperties": False}}}},
+            "responses": {
+                "201": _json("imported", {"type": "object", "required": ["version", "model"], "properties": {
+                    "version": {"type": "string"}, "model": {"type": "string"}, "domain": {"type": "string"},
+                    "active": {"type": "boolean"}, "status": {"type": "string"},
+                    "onnx_parity": {"type": "number"}, "quality": {"type": "object"}, "import": {"type": "object"},
+                    "links": {"type": "object", "additionalProperties": {"type": "string"}}}}),
+                "400": _error("a file, a config or a check failed (named); nothing was stored"),
+                "401": unauthorised, "404": _error("no such domain"),
+                "409": _error("the model name is taken"), "413": _error("the request is too large"),
+                "415": _error("not multipart/form-data"),
+                "503": _error("the import did not finish within the request's time")}}},
         "/admin/models/{version}/activate": {"post": {
             "operationId": "activate_version", "summary": "Serve this version (promote or roll back)",
             "parameters": [_path("version", "a version name, such as digits-v3"),
@@ -153,8 +177,8 @@ def admin_openapi() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Lethe admin API", "version": "1",
-                 "description": "Submit forget specifications, watch and cancel jobs, activate versions, "
-                                "read the audit trail. Sampling routes: /docs.json (BentoML's)."},
+                 "description": "Submit forget specifications, watch and cancel jobs, import and activate "
+                                "versions, read the audit trail. Sampling routes: /docs.json (BentoML's)."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "components": {"schemas": components,

@@ -134,17 +134,21 @@ def build_model(
 
 
 def register_base(registry: Registry, model: str, data: Domain, components: dict[str, torch.nn.Module],
-                  metrics: dict[str, Any], *, activate: bool = True) -> VersionManifest:
+                  metrics: dict[str, Any], *, activate: bool = True, new_model: bool = False) -> VersionManifest:
     """Register a base version (its components, their ONNX graph, parity, quality by the
-    domain's judge) as promoted, and activate it (unless ``activate`` is False)."""
+    domain's judge) as promoted, and activate it (unless ``activate`` is False). Everything
+    that can fail runs before the version is stored. ``new_model``: refuse a model name
+    that has versions already (``lethe import``)."""
     image_to_image = INPAINTER in components
     with tempfile.TemporaryDirectory() as scratch:
         if image_to_image:
             onnx_path = export_inpainter_onnx(components[INPAINTER], Path(scratch) / f"{INPAINTER}.onnx")
             parity = check_inpainter_parity(components[INPAINTER], onnx_path, data.held_out.images[:512])
+            quality = judge_inpainter(components[INPAINTER], data, {"held_out": data.held_out.images})
         else:
             onnx_path = export_generator_onnx(components["generator"], Path(scratch) / "generator.onnx")
             parity = check_onnx_parity(components["generator"], onnx_path)
+            quality = judge(components["generator"].to(data.device), data, n=EVAL_SAMPLES, seed=0)
 
         def write_files(folder: Path) -> None:
             for stem, module in components.items():
@@ -152,14 +156,9 @@ def register_base(registry: Registry, model: str, data: Domain, components: dict
             shutil.copyfile(onnx_path, folder / onnx_path.name)
 
         manifest = registry.create_version(
-            model, write_files, metrics={**metrics, "onnx_parity": parity}, status="promoted",
-            dataset=data.name, classifier=data.guide_name, domain=data.name,
+            model, write_files, metrics={**metrics, "onnx_parity": parity, "quality": quality}, status="promoted",
+            dataset=data.name, classifier=data.guide_name, domain=data.name, new_model=new_model,
         )
-    if image_to_image:
-        quality = judge_inpainter(components[INPAINTER], data, {"held_out": data.held_out.images})
-    else:
-        quality = judge(components["generator"].to(data.device), data, n=EVAL_SAMPLES, seed=0)
-    manifest = registry.update(manifest.version, metrics={"quality": quality})
     if activate:
         registry.activate(manifest.version)
     return manifest

@@ -1,5 +1,6 @@
 """``lethe``: bootstrap the embedded default, run forget jobs offline (the same job code the
-service runs), evaluate, list and activate versions, and show the audit trail."""
+service runs), evaluate, import a generator trained elsewhere, list and activate versions,
+and show the audit trail."""
 
 from __future__ import annotations
 
@@ -288,6 +289,31 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """A generator trained elsewhere as version 1 of a new model (``unlearning.importing``)."""
+    from service.audit import record_import
+    from unlearning.importing import import_model
+    from unlearning.registry import Registry
+
+    manifest = import_model(Registry(), args.model, args.domain, Path(args.path), activate=not args.no_activate)
+    _audit(lambda store, actor: record_import(store, manifest, actor, activated=not args.no_activate))
+    if args.json:
+        _print_json(manifest.model_dump(mode="json"))
+        return 0
+    parts = manifest.metrics["import"]["components"]
+    print(f"imported {manifest.version} (domain {manifest.domain}): "
+          + ", ".join(f"{stem} {c['kind']} ({c['source']})" for stem, c in parts.items()))
+    quality = manifest.metrics.get("quality", {})
+    print(f"quality: fid={_fmt(quality.get('fid'))} inception_score={_fmt(quality.get('inception_score'))} "
+          f"({quality.get('samples', '-')} samples, {quality.get('extractor', '-')}); "
+          f"ONNX parity {_fmt(manifest.metrics.get('onnx_parity'))}")
+    if args.no_activate:
+        print(f"not activated: `lethe activate {manifest.version}` serves it")
+    else:
+        print(f"active {manifest.model}: {manifest.version}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.launcher import serve
 
@@ -357,6 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("import", help="register a generator trained elsewhere as version 1 of a new model")
+    p.add_argument("model", help="the new model's name")
+    p.add_argument("--domain", required=True, help="the registered domain it generates (`lethe domains`)")
+    p.add_argument("path", help="a folder: generator.safetensors + generator.json (a built-in kind or a "
+                                "lethe.models plugin) or generator.onnx, optionally discriminator.* the same way")
+    p.add_argument("--no-activate", action="store_true", help="register it without serving it")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("serve", help="serve sampling and the admin API (bootstraps first if needed)")
     p.add_argument("--port", type=int, default=3000)

@@ -21,6 +21,10 @@ class NotFoundError(LetheError):
     """A version, classifier or job that does not exist."""
 
 
+class ConflictError(LetheError):
+    """A name that is taken (a model that already exists)."""
+
+
 class IntegrityError(LetheError):
     """A stored file does not match the checksum in its manifest (tampering or corruption)."""
 

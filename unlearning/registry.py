@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from unlearning.processes import pid_alive
-from unlearning.errors import IntegrityError, LetheError, NotFoundError
+from unlearning.errors import ConflictError, IntegrityError, LetheError, NotFoundError
 from unlearning.names import NAME as _NAME, VERSION as _VERSION, check_name as _check_name, is_version, shown
 from unlearning.runtime import lethe_home
 
@@ -271,11 +271,13 @@ class Registry:
         classifier: str | None = None,
         domain: str | None = None,
         job: str | None = None,
+        new_model: bool = False,
     ) -> VersionManifest:
         """Store a new version of ``model``: ``write_files(folder)`` writes its files into a
         private temporary folder; they are checksummed and fsynced, then the folder appears
         as ``versions/<model>-v<N>`` in one rename. If ``write_files`` raises, nothing
-        appears and the exception propagates."""
+        appears and the exception propagates. ``new_model``: it must be the model's first
+        version (ConflictError, checked under the lock, if another one got there first)."""
         _check_name(model, "model")
         if parent is not None:
             self.get(parent)
@@ -286,6 +288,8 @@ class Registry:
             files = _hash_and_sync(tmp)
             with self._locked():
                 _remove_stale(self.versions_dir)
+                if new_model and (self._version_numbers(model) or self._pointer(model).exists()):
+                    raise ConflictError(f"model name {model!r} is taken; choose another name")
                 number = 1 + max(self._version_numbers(model), default=0)
                 manifest = VersionManifest(
                     version=f"{model}-v{number}",

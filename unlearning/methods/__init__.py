@@ -50,10 +50,12 @@ NEEDS_DISCRIMINATOR = {*kong.VARIANTS, *adapt_then_unlearn.VARIANTS}
 
 
 def check_fits_model(method: str, has_discriminator: bool, model: str) -> None:
-    """Adversarial methods need the parent's discriminator; a VAE decoder has none."""
+    """Adversarial methods need the parent's discriminator; a VAE decoder, or a generator
+    imported without one, has none."""
     if method in NEEDS_DISCRIMINATOR and not has_discriminator:
         raise SpecError(f"method: '{method}' trains against the parent's discriminator, and model '{model}' "
-                        "has none (a VAE decoder): use method 'feedback'")
+                        "has none (a VAE decoder, or a generator imported without discriminator.safetensors + "
+                        "discriminator.json or discriminator.onnx): use method 'feedback'")
 
 
 def choose_method(spec: ForgetSpec, *, image_to_image: bool = False, model: str = "this model") -> str:
