@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
 import sys
 import uuid
@@ -31,7 +32,7 @@ from starlette.responses import JSONResponse
 
 from service.audit import record_import
 from unlearning.errors import ConflictError, IntegrityError, LetheError, NotFoundError
-from unlearning.importing.sources import UPLOAD_NAMES, find_components
+from unlearning.importing.sources import UPLOAD_NAMES, check_upload_name, find_components
 from unlearning.names import shown
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ FIELDS = ("model", "domain", "activate")
 # the import process's error kinds, raised again here so the admin API answers them as its own
 ERRORS_OF_KIND = {"NotFoundError": NotFoundError, "ConflictError": ConflictError, "IntegrityError": IntegrityError}
 _CHUNK = 1 << 20
+_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # as the redaction uploads' rule
 
 
 def _truthy(text: str | None, name: str) -> bool:
@@ -61,9 +63,10 @@ async def read_import_form(request: Request, staging: Path) -> dict[str, str]:
             if isinstance(value, UploadFile):
                 filename = Path(value.filename or "").name
                 name = key if key in UPLOAD_NAMES else filename
-                if name not in UPLOAD_NAMES:
+                if name not in UPLOAD_NAMES and not _UPLOAD_NAME.match(name):
                     raise LetheError(f"file part {shown(key)} ({shown(filename)}) is not a component file: name the "
                                      f"part {', '.join(sorted(UPLOAD_NAMES))}")
+                check_upload_name(name)
                 staging.mkdir(parents=True, exist_ok=True)
                 target = staging / name
                 if target.exists():

@@ -46,6 +46,16 @@ class ComponentFiles:
         return [p.name for p in (self.weights, self.config, self.graph) if p is not None]
 
 
+def check_upload_name(name: str) -> None:
+    """LetheError unless ``name`` is one of a component's file names."""
+    if name in UPLOAD_NAMES:
+        return
+    if name.endswith(".onnx.data"):
+        raise LetheError(f"{name}: ONNX external data is not accepted; export the graph as one file "
+                         "(torch.onnx.export(..., external_data=False))")
+    raise LetheError(f"unexpected file {name!r}: an import holds {LAYOUT}")
+
+
 def find_components(folder: Path) -> dict[str, ComponentFiles]:
     """The components in ``folder``, by stem; LetheError naming what does not fit the layout."""
     folder = Path(folder)
@@ -54,10 +64,8 @@ def find_components(folder: Path) -> dict[str, ComponentFiles]:
     names = sorted(p.name for p in folder.iterdir())
     unexpected = [n for n in names if n not in UPLOAD_NAMES or not (folder / n).is_file()]
     if unexpected:
-        if unexpected[0].endswith(".onnx.data"):
-            raise LetheError(f"{unexpected[0]}: ONNX external data is not accepted; export the graph as one file "
-                             "(torch.onnx.export(..., external_data=False))")
-        raise LetheError(f"unexpected file {unexpected[0]!r}: an import holds {LAYOUT}")
+        check_upload_name(unexpected[0])
+        raise LetheError(f"{unexpected[0]!r} is not a file: an import holds {LAYOUT}")
     found: dict[str, ComponentFiles] = {}
     for stem in STEMS:
         weights, config, graph = (folder / f"{stem}.{ext}" for ext in ("safetensors", "json", "onnx"))
