@@ -265,6 +265,27 @@ def test_a_plugin_architecture_is_imported_served_and_redacted_without_data(serv
     assert type(registry.load_generator("digits-mlp-v2")).__name__ == "MLPGenerator"
 
 
+def test_a_vae_with_its_encoder_and_an_inpainter_are_imported_as_files(server, cli_home, tmp_path, capsys):
+    """Lethe's other families from their files, as another installation would hand them over."""
+    registry = Registry(cli_home)
+    for source, model, files in (("digits-vae-v1", "vae-again", ("generator", "encoder")),
+                                 ("digits-inpainter-v1", "inpainter-again", ("inpainter",))):
+        folder = tmp_path / model
+        folder.mkdir()
+        for stem in files:
+            for suffix in (".safetensors", ".json"):
+                shutil.copy(registry.file_path(source, stem + suffix), folder / (stem + suffix))
+        assert lethe(["import", model, "--domain", "digits", str(folder), "--no-activate"]) == 0
+        assert "not activated" in capsys.readouterr().out and registry.active(model) is None
+        manifest = registry.get(f"{model}-v1")
+        assert manifest.files[f"{files[0]}.safetensors"] == registry.get(source).files[f"{files[0]}.safetensors"]
+        assert manifest.image_to_image == (model == "inpainter-again")
+    assert server.activate("inpainter-again-v1").status_code == 200
+    images = torch.full((2, 1, 8, 8), -1.0)
+    version, restored = server.restored(images, model="inpainter-again")
+    assert version == "inpainter-again-v1" and restored.shape == (2, 1, 8, 8)
+
+
 # ------------------------------------------------------------------------------- ONNX graphs
 
 

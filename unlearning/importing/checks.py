@@ -24,17 +24,18 @@ CONVERSION_LIMIT = 1e-4  # as the served graph's parity gate
 BATCHES = (1, 5)  # two batch sizes: a graph that only runs at its export's batch fails one
 
 
-def _run(module: nn.Module, x: torch.Tensor, label: str, what: str) -> torch.Tensor:
+def _run(call: Callable[[torch.Tensor], Any], x: torch.Tensor, label: str, what: str) -> Any:
+    """``call(x)`` without gradients; a failure is the component's, named, not a traceback."""
     try:
         with torch.no_grad():
-            return module.eval()(x)
+            return call(x)
     except Exception as exc:  # a user's module failing on its input: say so, not a traceback
         raise LetheError(f"{label}: fails on {what} of shape {list(x.shape)} "
                          f"({type(exc).__name__}: {str(exc).strip()[:300]})") from None
 
 
 def check_generator(component: Component, domain: Domain, label: str) -> dict[str, Any]:
-    generator = component.module
+    generator = component.module.eval()
     latent_dim = getattr(generator, "latent_dim", None)
     if not isinstance(latent_dim, int) or latent_dim < 1:
         raise LetheError(f"{label}: the generator's latent_dim is {latent_dim!r}; it must be a positive whole number")
@@ -57,7 +58,7 @@ def check_generator(component: Component, domain: Domain, label: str) -> dict[st
 def check_discriminator(component: Component, domain: Domain, label: str) -> dict[str, Any]:
     for n in BATCHES:
         images = domain.held_out.images[:n].to(torch.float32)
-        logits = _run(component.module, images, label, "the domain's images")
+        logits = _run(component.module.eval(), images, label, "the domain's images")
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (n,):
             got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise LetheError(f"{label}: gives output of shape {got} for {n} images; a discriminator gives one logit "
@@ -68,7 +69,7 @@ def check_discriminator(component: Component, domain: Domain, label: str) -> dic
 
 
 def check_encoder(component: Component, domain: Domain, generator: nn.Module, label: str) -> dict[str, Any]:
-    out = _run(component.module, domain.held_out.images[:5], label, "the domain's images")
+    out = _run(component.module.eval(), domain.held_out.images[:5], label, "the domain's images")
     dim = getattr(generator, "latent_dim", None)
     if not (isinstance(out, tuple) and len(out) == 2 and all(tuple(t.shape) == (5, dim) for t in out)):
         raise LetheError(f"{label}: an encoder maps images to (mean, log variance), each [N, {dim}] (the decoder's "
@@ -77,7 +78,7 @@ def check_encoder(component: Component, domain: Domain, generator: nn.Module, la
 
 
 def check_inpainter(component: Component, domain: Domain, label: str) -> dict[str, Any]:
-    module = component.module
+    module = component.module.eval()
     shape = tuple(getattr(module, "image_shape", ()))
     if shape != tuple(domain.image_shape):
         raise LetheError(f"{label}: restores images of shape {list(shape)}; domain {domain.name!r} has "
@@ -109,7 +110,7 @@ def check_conversion(component: Component, make_inputs: Callable[[int], torch.Te
                                    for i in range(0, n, batch)]).reshape(n, -1)
     except Exception as exc:
         raise LetheError(f"{label}: ONNX Runtime fails on it ({str(exc).strip()[:300]})") from None
-    got = _run(component.module, inputs, label, "inputs")
+    got = _run(component.module.eval(), inputs, label, "inputs")
     if got.numel() != expected.size:
         raise LetheError(f"{label}: the converted module's output ({list(got.shape)}) does not match the graph's "
                          f"in size ({list(expected.shape)})")
