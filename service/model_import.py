@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -111,7 +112,7 @@ async def import_model(request: Request, registry, store, uploads_root: Path, ac
         if not staging.is_dir():
             raise LetheError(f"no files: send the component files ({', '.join(sorted(UPLOAD_NAMES))})")
         find_components(staging)  # the layout
-        answer = await _run_import(fields["model"], fields["domain"], staging, activate)
+        answer = await _run_import(registry.home, fields["model"], fields["domain"], staging, activate)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if answer.get("kind") == "Timeout":
@@ -139,13 +140,14 @@ def _view(manifest, activated: bool) -> dict[str, Any]:
     }
 
 
-async def _run_import(model: str, domain: str, folder: Path, activate: bool) -> dict[str, Any]:
+async def _run_import(home: Path, model: str, domain: str, folder: Path, activate: bool) -> dict[str, Any]:
     """The import in its own process; its JSON answer. Killed when it outlives
     IMPORT_TIMEOUT_S or the request is cancelled."""
     command = [sys.executable, "-m", "unlearning.importing", model, "--domain", domain, str(folder),
                *([] if activate else ["--no-activate"])]
     process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.PIPE)
+                                                   stderr=asyncio.subprocess.PIPE,
+                                                   env={**os.environ, "LETHE_HOME": str(home)})
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), IMPORT_TIMEOUT_S)
     except asyncio.TimeoutError:
