@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearning.errors import LetheError
-from unlearning.runtime import lethe_home
+from unlearning.runtime import DEFAULT_DOMAIN, DEFAULT_MODEL, lethe_home
 
 
 def _print_json(payload: Any) -> None:
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("bootstrap", help="build a domain and its base models (idempotent; default: digits)")
-    p.add_argument("--domain", default="digits",
+    p.add_argument("--domain", default=DEFAULT_DOMAIN,
                    help="a built-in domain (digits, fashion-mnist) or one registered with `lethe domain add`")
     p.add_argument("--model", action="append", default=None,
                    help="build only this model of the domain (repeatable; default: all of them)")
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("redact", help="run a forget job offline (same code as the API)")
     p.add_argument("spec", help="forget specification, JSON or YAML")
     p.add_argument("--from", dest="from_version", default=None, help="parent version (default: the model's active)")
-    p.add_argument("--model", default=None, help="hosted model, e.g. digits-vae or digits-inpainter (default: digits)")
+    p.add_argument("--model", default=None, help=f"hosted model, e.g. fashion or digits-inpainter (default: {DEFAULT_MODEL})")
     p.add_argument("--uploads", default=None, help="folder holding the spec's files (default: the spec's folder)")
     p.add_argument("--report", default=None, help="report root (default: $LETHE_HOME/reports)")
     p.add_argument("--no-activate", action="store_true", help="register but do not activate")

@@ -57,7 +57,7 @@ class I2IHyperparameters(BaseModel):
 
     alpha: float = Field(0.1, gt=0.0, le=1e3, description="weight of the forget term at the start (the paper: 0.25)")
     alpha_patience: int = Field(
-        3, ge=0, le=1000, description="checks in a row without 10 % more forgetting before the forget weight "
+        5, ge=0, le=1000, description="checks in a row without 10 % more forgetting before the forget weight "
         "doubles (0: it stays fixed)")
     alpha_max: float = Field(1.0, gt=0.0, le=1e3, description="the forget weight's ceiling")
     lr: float = Field(1e-3, gt=0.0, le=1.0)
@@ -65,8 +65,9 @@ class I2IHyperparameters(BaseModel):
     check_every: int = Field(100, ge=1, le=1_000_000, description="steps between checks of the forget target")
     ema_decay: float = Field(0.95, ge=0.0, lt=1.0, description="EMA of the encoder's weights (0: none)")
     target_forget_fid_ratio: float = Field(
-        6.0, ge=1.0, le=1e6, description="stop at the first check where the forget images' restoration FID reaches "
-        "this multiple of the original model's (the job: twice the gate's min_forget_fid_ratio)",
+        21.0, ge=1.0, le=1e6, description="stop at the first check where the forget images' restoration FID "
+        "(guide features) reaches this multiple of the original model's (the job: 7x the gate's "
+        "min_forget_fid_ratio, which the judge's features measure)",
     )
     batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="retain and forget samples per step, each")
     retain: Literal["data", "proxy"] = Field(
