@@ -62,7 +62,7 @@ def test_bootstrap_again_builds_nothing_and_changes_nothing(quick_copy):
     done = lethe(quick_copy, "bootstrap", "--quiet")
     assert done.returncode == 0, done.stderr
     assert "built: nothing (already bootstrapped)" in done.stdout
-    assert f"active: {BASE}" in done.stdout
+    assert f"active digits: {BASE}" in done.stdout
     assert snapshot(quick_copy) == before
 
 

@@ -23,6 +23,7 @@ import torch
 from unlearning.domains.loaded import load_domain
 from unlearning.errors import LetheError, SpecError
 from unlearning.jobs.context import JobContext, JobFamily
+from unlearning.jobs.gates import resolve_gates
 from unlearning.jobs.generator import GeneratorJob
 from unlearning.jobs.image_to_image import ImageToImageJob
 from unlearning.jobs.outcome import JobOutcome
@@ -75,8 +76,8 @@ def _context(
     method = family.choose_method(spec, parent_manifest)
     domain = load_domain(registry, parent_manifest, device=device, inception_weights=inception_weights)
     sets = prepare_redaction_set(spec, registry, domain, uploads_dir, marks_from=parent_manifest.version)
-    ctx = JobContext(sets.spec, registry, parent_manifest, method, domain, sets.omega, sets.judged,
-                     uploads_dir, device, callbacks)
+    ctx = JobContext(resolve_gates(sets.spec, method), registry, parent_manifest, method, domain, sets.omega,
+                     sets.judged, uploads_dir, device, callbacks)
     return ctx, family
 
 
@@ -135,8 +136,10 @@ def run_redaction(
         gates = family.gates(ctx.spec, judged, parity)
         metrics = {"before": judged.before, "after": judged.after, "method": ctx.method, "stats": trained.stats,
                    "history": trained.history, "gates": [g.model_dump() for g in gates]}
+        # the spec as written (label names and all), with the limits the method filled in
+        stored = written.model_copy(update={"gates": ctx.spec.gates})
         manifest, status, reason, activated = store_version(
-            registry, ctx.parent, written, trained.edited, onnx_path, gates, metrics, activate=activate,
+            registry, ctx.parent, stored, trained.edited, onnx_path, gates, metrics, activate=activate,
             job_id=job_id,
         )
     outcome = JobOutcome(
