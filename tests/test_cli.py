@@ -111,7 +111,7 @@ def test_eval_prints_json_metrics(quick_copy, tmp_path):
     assert result["version"] == BASE and result["samples"] == 500
     assert 0.0 <= result["invalidity"] <= 1.0
     assert result["fid"] > 0 and 1.0 <= result["inception_score"] <= 10.0
-    assert result["extractor"] == "classifier:digits"
+    assert result["extractor"] == "judge:digits"  # FID in the features of the domain's judge
     assert len(result["class_shares"]) == 10 and abs(sum(result["class_shares"]) - 1) < 1e-6
     assert snapshot(quick_copy) == before
 

@@ -41,14 +41,22 @@ def family_of(parent: VersionManifest) -> JobFamily:
 
 def resolve_parent(registry: Registry, parent: str | None, model: str | None = None) -> VersionManifest:
     """``parent`` if given (it must belong to ``model`` when both are), else ``model``'s active
-    version (default model: digits)."""
-    version = parent or registry.active(model or DEFAULT_MODEL)
+    version; with neither, the home's only served model, or the default model (digits) among several."""
+    model = model or (None if parent else _default_model(registry))
+    version = parent or registry.active(model)
     if version is None:
-        raise SpecError(f"no active version of '{model or DEFAULT_MODEL}': run `lethe bootstrap` first or pass --from")
+        raise SpecError(f"no active version of '{model}': run `lethe bootstrap` first or pass --from")
     manifest = registry.verify(version)
     if model is not None and manifest.model != model:
         raise SpecError(f"version {version!r} belongs to model {manifest.model!r}, not {model!r}")
     return manifest
+
+
+def _default_model(registry: Registry) -> str:
+    served = [name for name in registry.models() if registry.active(name) is not None]
+    if len(served) == 1 or DEFAULT_MODEL in served or not served:
+        return served[0] if len(served) == 1 else DEFAULT_MODEL
+    raise SpecError(f"this home serves several models ({', '.join(served)}): pass --from VERSION or --model NAME")
 
 
 @torch.no_grad()
