@@ -3,7 +3,7 @@ jobs, activate versions, and read the audit trail. Every route needs
 ``Authorization: Bearer $LETHE_ADMIN_TOKEN``.
 
 It only translates HTTP into library calls: uploads are checked by ``unlearning.data``,
-specs and checks by ``unlearning.jobs.preflight``, jobs live in ``JobStore`` and run in
+specs and checks by ``unlearning.jobs.preflight``, jobs live in the job store (``unlearning.store``) and run in
 the separate job worker (``service/worker.py``), never in a serving worker.
 """
 
@@ -26,12 +26,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from service.audit import record_activation
 from service.http_limits import RequestTooLarge
-from service.job_store import AUDIT_MAX_LIMIT, JobFinishedError, JobStore, JobStoreBusyError
 from service.settings import Settings
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
-from unlearning.registry import Registry
+from unlearning.registry import Registry, StorageUnavailableError
+from unlearning.store import AUDIT_MAX_LIMIT, JobFinishedError, JobStoreBusyError, StoreUnavailableError, open_store
+from unlearning.store.events import record_activation
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _status_for(exc: LetheError) -> int:
         return 404
     if isinstance(exc, JobFinishedError):
         return 409
-    if isinstance(exc, JobStoreBusyError):
+    if isinstance(exc, (JobStoreBusyError, StoreUnavailableError, StorageUnavailableError)):  # try again
         return 503
     if isinstance(exc, IntegrityError):
         return 409
@@ -105,7 +105,7 @@ class AdminAPI:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.registry = Registry(settings.home)
-        self.store = JobStore(settings.home / "jobs.sqlite")
+        self.store = open_store(settings.home)
         self.uploads_root = settings.home / "uploads"
         self.reports_root = settings.home / "reports" / "jobs"
 

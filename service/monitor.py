@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.job_store import JobStore
+from unlearning.store import JobStore
 from service.metrics import metrics
 
 log = logging.getLogger(__name__)

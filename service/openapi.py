@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from service.job_store import AUDIT_MAX_LIMIT, AuditEntry, JobRecord
+from unlearning.store import AUDIT_MAX_LIMIT, AuditEntry, JobRecord
 
 _REF = "#/components/schemas/{model}"
 

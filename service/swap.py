@@ -1,13 +1,16 @@
-"""Hot-swap: each serving worker follows ``active/<model>.json`` on its own.
+"""Hot-swap: each serving worker follows the active pointer of each model on its own.
 
-A watcher thread reads the pointer every ``poll_s``. When it names another version, the
+A watcher thread reads the pointer every ``poll_s``, and at once when the registry says it
+changed (with PostgreSQL, a NOTIFY pushed to every worker of every instance; pointer files
+are only polled). When it names another version, the
 thread verifies that version's files, builds its ONNX Runtime session (a generator's or an
 image-to-image model's) and runs one warm-up batch, all off the request path, then
 replaces ``current`` in one assignment. A request takes ``current`` once when it starts,
 so requests in flight finish on the session they started with. A version that cannot be
 loaded (corrupted, missing) is logged and the worker keeps serving what it has, trying
 it again every ``retry_s`` (its file may be restored); with nothing loaded before,
-it serves nothing (``ActiveUnservableError``).
+it serves nothing (``ActiveUnservableError``). While the database or the object storage
+cannot be reached, the worker keeps serving what it has and looks again at the next poll.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 
 from unlearning.errors import LetheError, NotFoundError
 from unlearning.export import OnnxGenerator, OnnxInpainter
-from unlearning.registry import Registry, VersionManifest
+from unlearning.registry import Registry, StorageUnavailableError, VersionManifest
+from unlearning.store import JobStoreError
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,8 @@ class ActiveGenerator:
         self._failed: str | None = None  # a pointer target that would not load (retried after retry_s)
         self._failure = ""  # why it would not load
         self._failed_at = 0.0
+        self._changed = registry.pointer_changes()  # set when the pointer may have moved
+        self._unreachable = False  # the database or object storage was down at the last look
 
     @property
     def current(self) -> LoadedVersion:
@@ -125,12 +131,20 @@ class ActiveGenerator:
 
     def stop(self) -> None:
         self._stop.set()
+        self._changed.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
     def refresh(self) -> bool:
         """Swap if the pointer names another version; True when a swap happened."""
-        target = self.registry.active(self.model)
+        try:
+            target = self.registry.active(self.model)
+        except JobStoreError as exc:
+            self._away(exc)
+            return False
+        if self._unreachable:
+            log.info("the active version of %s can be read again", self.model)
+            self._unreachable = False
         current = self._current
         if target is None or (current is not None and current.version == target):
             return False
@@ -138,20 +152,34 @@ class ActiveGenerator:
             return False
         try:
             loaded = self._pinned.get(target) or load_version(self.registry, target, self.threads, active=True)
+        except StorageUnavailableError as exc:  # not the version's fault: try again at the next poll
+            self._away(exc)
+            return False
         except LetheError as exc:
             self._failed, self._failure, self._failed_at = target, str(exc), time.monotonic()
             kept = current.version if current else "nothing"
             log.error("cannot serve %s (%s); still serving %s", target, exc, kept)
             return False
         self._failed = None
+        self._unreachable = False
         self._current = loaded  # one assignment: requests already running keep their session
         log.info("serving %s (was %s)", loaded.version, current.version if current else "nothing")
         if self.on_swap is not None:
             self.on_swap(current, loaded)
         return True
 
+    def _away(self, exc: Exception) -> None:
+        if not self._unreachable:
+            kept = self._current.version if self._current else "nothing"
+            log.warning("cannot look at the active version of %s (%s); still serving %s", self.model, exc, kept)
+        self._unreachable = True
+
     def _watch(self) -> None:
-        while not self._stop.wait(self.poll_s):
+        while not self._stop.is_set():
+            self._changed.wait(self.poll_s)
+            self._changed.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.refresh()
             except Exception:  # the watcher must outlive a bad pointer or a full disk

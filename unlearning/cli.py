@@ -44,11 +44,11 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def _audit(write) -> None:
     """Append the CLI's audit entry with ``write(store, actor)``; the change it records has
     happened, so a trail that cannot be written is only a warning."""
-    from service.audit import cli_actor
-    from service.job_store import JobStore
+    from unlearning.store import open_store
+    from unlearning.store.events import cli_actor
 
     try:
-        written = write(JobStore(lethe_home() / "jobs.sqlite"), cli_actor())
+        written = write(open_store(), cli_actor())
     except Exception as exc:
         written, why = False, f": {exc}"
     else:
@@ -58,7 +58,7 @@ def _audit(write) -> None:
 
 
 def cmd_redact(args: argparse.Namespace) -> int:
-    from service.audit import record_version_event
+    from unlearning.store.events import record_version_event
     from unlearning.jobs import run_redaction
     from unlearning.progress import progress_bar
     from unlearning.registry import Registry
@@ -198,7 +198,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_activate(args: argparse.Namespace) -> int:
-    from service.audit import record_activation
+    from unlearning.store.events import record_activation
     from unlearning.registry import Registry
 
     registry = Registry()
@@ -213,9 +213,9 @@ def cmd_activate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from service.job_store import JobStore
+    from unlearning.store import open_store
 
-    entries = JobStore(lethe_home() / "jobs.sqlite").audit_log(limit=args.limit)
+    entries = open_store().audit_log(limit=args.limit)
     if args.json:
         _print_json([e.model_dump(mode="json") for e in entries])
         return 0

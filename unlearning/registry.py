@@ -1,6 +1,7 @@
-"""The model registry on disk, under LETHE_HOME.
+"""The model registry: versions of named generators, the active pointer per generator,
+and classifiers.
 
-Layout::
+Layout of LETHE_HOME::
 
     registry.lock                      exclusive fcntl lock: id allocation, renames, updates
     versions/<model>-v<N>/             one folder per version, immutable files + manifest.json
@@ -9,25 +10,24 @@ Layout::
     classifiers/<name>/                classifier.safetensors + classifier.json (format "torch")
                                        or classifier.onnx (format "onnx"), and manifest.json
 
-Every file a version or classifier holds is listed in its manifest with its sha256, and is
-checked against it before anything is loaded or activated. Folders appear by one atomic
-``rename`` of a finished temporary folder, and pointers/manifests are replaced with
-``os.replace``, so a crash never leaves a half-written version or pointer visible.
-Weights are safetensors, models are rebuilt from JSON configs, uploaded classifiers are
-ONNX (protobuf): nothing is ever unpickled.
+Versions and classifiers are both immutable named folders with a sha256 manifest
+(``unlearning.store.folders``): written complete or not at all, every file checked against
+its checksum before anything is loaded or activated. With ``LETHE_REGISTRY_URL`` they live
+in S3-compatible object storage and ``versions/`` and ``classifiers/`` are a verified local
+cache; with ``LETHE_DATABASE_URL`` the active pointers and version numbers live in
+PostgreSQL, shared by every instance (``unlearning.store.pointers``). Weights are
+safetensors, models are rebuilt from JSON configs, uploaded classifiers are ONNX
+(protobuf): nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import logging
-import os
 import re
 import shutil
-import uuid
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,9 +35,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from unlearning.processes import pid_alive
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
 from unlearning.runtime import lethe_home
+from unlearning.store import database_url, registry_url
+from unlearning.store.files import MANIFEST, hash_and_sync, sha256_file  # noqa: F401 (sha256_file: re-exported)
+from unlearning.store.folders import Folders, check_cached
+from unlearning.store.objects import ObjectStore, StorageUnavailableError  # noqa: F401 (re-exported)
+from unlearning.store.pointers import DatabasePointers, FilePointers
 
 if TYPE_CHECKING:  # torch only where models are loaded or saved: bookkeeping needs none
     from torch import nn
@@ -47,12 +51,8 @@ log = logging.getLogger(__name__)
 Status = Literal["candidate", "promoted", "rejected"]
 ClassifierFormat = Literal["torch", "onnx"]
 
-MANIFEST = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _VERSION = re.compile(r"^(?P<model>.+)-v(?P<n>[0-9]+)$")
-_TMP_PREFIX = ".tmp-"
-_TRASH_PREFIX = ".trash-"
-_CHUNK = 1 << 20
 
 
 def _now() -> str:
@@ -103,38 +103,6 @@ class ClassifierManifest(BaseModel):
 # ---------------------------------------------------------------------------------- helpers
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (so a rename inside it is durable)."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_path(path.parent)
-
-
 def _check_name(name: str, what: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise LetheError(
@@ -144,58 +112,6 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
-
-def _is_stale_tmp(name: str) -> bool:
-    """``.tmp-<pid>-...`` whose writer is gone (this host). Unparseable names are stale."""
-    match = re.match(rf"^{re.escape(_TMP_PREFIX)}(\d+)-", name)
-    return match is None or not pid_alive(int(match.group(1)))
-
-
-def _remove_stale(parent: Path) -> None:
-    """Remove temporary leftovers of crashed writers. Call with the registry lock held."""
-    if not parent.is_dir():
-        return
-    for entry in parent.iterdir():
-        if entry.name.startswith(_TMP_PREFIX) and _is_stale_tmp(entry.name):
-            log.warning("removing %s left by an interrupted write", entry)
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-
-
-def _hash_and_sync(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (relative POSIX names), each fsynced."""
-    files: dict[str, str] = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_symlink():
-            raise LetheError(f"{rel}: symbolic links cannot be stored in the registry")
-        if path.is_dir():
-            _fsync_path(path)
-            continue
-        if rel == MANIFEST:
-            raise LetheError(f"'{MANIFEST}' is written by the registry; do not write it yourself")
-        _fsync_path(path)
-        files[rel] = sha256_file(path)
-    return files
-
-
-def _verify_files(folder: Path, files: dict[str, str], label: str) -> None:
-    """Recompute every checksum; IntegrityError names the first file that does not match."""
-    root = folder.resolve()
-    for rel, expected in sorted(files.items()):
-        path = (folder / rel).resolve()
-        if root not in path.parents:
-            raise IntegrityError(f"{label}/{rel}: manifest names a file outside its folder")
-        if not path.is_file():
-            raise IntegrityError(f"{label}/{rel}: missing (listed in the manifest, not on disk)")
-        if sha256_file(path) != expected:
-            raise IntegrityError(
-                f"{label}/{rel}: checksum mismatch (file changed or corrupted on disk)"
-            )
-
-
 def _known(names: list[str], limit: int = 8) -> str:
     if not names:
         return "none yet"
@@ -203,19 +119,47 @@ def _known(names: list[str], limit: int = 8) -> str:
     return shown if len(names) <= limit else f"... {shown} ({len(names)} in all)"
 
 
+_REMOTES: dict[str, ObjectStore] = {}
+_REMOTES_LOCK = threading.Lock()
+
+
+def _remote(url: str | None) -> ObjectStore | None:
+    """The process's one ObjectStore per URL (its client and manifest cache are shared)."""
+    if not url:
+        return None
+    with _REMOTES_LOCK:
+        if url not in _REMOTES:
+            _REMOTES[url] = ObjectStore(url)
+        return _REMOTES[url]
+
+
 # --------------------------------------------------------------------------------- registry
 
 
 class Registry:
-    """Versions of named generators, the active pointer per generator, and classifiers."""
+    """Versions of named generators, the active pointer per generator, and classifiers.
 
-    def __init__(self, home: Path | None = None):
+    ``database_url`` / ``registry_url`` default to ``LETHE_DATABASE_URL`` /
+    ``LETHE_REGISTRY_URL``; unset, everything lives in ``home`` (default LETHE_HOME)."""
+
+    def __init__(self, home: Path | None = None, *, database_url_: str | None = None,
+                 registry_url_: str | None = None):
         self.home = Path(home).expanduser() if home is not None else lethe_home()
         self.versions_dir = self.home / "versions"
         self.active_dir = self.home / "active"
         self.classifiers_dir = self.home / "classifiers"
-        for folder in (self.versions_dir, self.active_dir, self.classifiers_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        remote = _remote(registry_url_ or registry_url())
+        self.remote = remote
+        self._versions = Folders(self.versions_dir, "versions", self._locked, remote)
+        self._classifiers = Folders(self.classifiers_dir, "classifiers", self._locked, remote)
+        db_url = database_url_ or database_url()
+        if db_url:
+            from unlearning.store.postgres import database
+
+            self.pointers: FilePointers | DatabasePointers = DatabasePointers(database(db_url))
+        else:
+            self.pointers = FilePointers(self.active_dir)
 
     def __repr__(self) -> str:
         return f"Registry({str(self.home)!r})"
@@ -232,13 +176,16 @@ class Registry:
 
     # ---------------------------------------------------------------------------- versions
 
-    def _version_numbers(self, model: str) -> list[int]:
-        numbers = []
-        for entry in self.versions_dir.iterdir():
-            match = _VERSION.match(entry.name)
-            if match and match.group("model") == model and not entry.name.startswith("."):
-                numbers.append(int(match.group("n")))
-        return numbers
+    def _next_number(self, model: str) -> int:
+        """A version number never used for ``model``: from the database's counter when there
+        is one (every instance shares it), else one above every published version (object
+        storage then refuses a name taken meanwhile)."""
+        seen = [int(m.group("n")) for name in self._versions.names()
+                if (m := _VERSION.match(name)) and m.group("model") == model]
+        at_least = 1 + max(seen, default=0)
+        if isinstance(self.pointers, DatabasePointers):
+            return self.pointers.allocate(model, at_least)
+        return at_least
 
     def create_version(
         self,
@@ -255,69 +202,54 @@ class Registry:
         job: str | None = None,
     ) -> VersionManifest:
         """Store a new version of ``model``: ``write_files(folder)`` writes its files into a
-        private temporary folder; they are checksummed and fsynced, then the folder appears
-        as ``versions/<model>-v<N>`` in one rename. If ``write_files`` raises, nothing
-        appears and the exception propagates."""
+        private temporary folder; they are checksummed and fsynced, then published as
+        ``<model>-v<N>`` complete or not at all (one rename; with object storage, the files
+        first and the manifest last). If ``write_files`` raises, nothing appears and the
+        exception propagates."""
         _check_name(model, "model")
         if parent is not None:
             self.get(parent)
-        tmp = self.versions_dir / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.mkdir()
+        tmp = self._versions.staging()
         try:
             write_files(tmp)
-            files = _hash_and_sync(tmp)
-            with self._locked():
-                _remove_stale(self.versions_dir)
-                number = 1 + max(self._version_numbers(model), default=0)
+            files = hash_and_sync(tmp)
+
+            def make() -> tuple[str, dict[str, Any]]:
                 manifest = VersionManifest(
-                    version=f"{model}-v{number}",
-                    model=model,
-                    parent=parent,
-                    created_at=_now(),
-                    status=status,
-                    spec=spec,
-                    metrics=dict(metrics or {}),
-                    reason=reason,
-                    dataset=dataset,
-                    classifier=classifier,
-                    job=job,
-                    files=files,
+                    version=f"{model}-v{self._next_number(model)}", model=model, parent=parent,
+                    created_at=_now(), status=status, spec=spec, metrics=dict(metrics or {}), reason=reason,
+                    dataset=dataset, classifier=classifier, job=job, files=files,
                 )
-                _write_json_atomic(tmp / MANIFEST, manifest.model_dump(mode="json"))
-                _fsync_path(tmp)
-                os.rename(tmp, self.versions_dir / manifest.version)
-                _fsync_path(self.versions_dir)
+                return manifest.version, manifest.model_dump(mode="json")
+
+            published = VersionManifest.model_validate(self._versions.publish(tmp, files, make))
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        log.info("registered %s (%d files)", manifest.version, len(files))
-        return manifest
+        log.info("registered %s (%d files)", published.version, len(files))
+        return published
 
     def version_dir(self, version: str) -> Path:
-        """The folder of an existing version (NotFoundError otherwise)."""
-        self.get(version)
-        return self.versions_dir / version
+        """The local folder of an existing version (NotFoundError otherwise)."""
+        manifest = self.get(version)
+        return self._versions.local(version, manifest.files)
 
     def _known_versions(self, model: str | None = None) -> list[str]:
         return [m.version for m in self.list_versions(model)]
 
     def get(self, version: str) -> VersionManifest:
         """The manifest of ``version``; NotFoundError names it and lists known versions."""
-        path = self.versions_dir / version if isinstance(version, str) else None
-        if (
-            path is None
-            or not _VERSION.match(version)
-            or "/" in version
-            or version.startswith(".")
-            or not (path / MANIFEST).is_file()
-        ):
+        text = None
+        if isinstance(version, str) and _VERSION.match(version) and "/" not in version and not version.startswith("."):
+            text = self._versions.manifest(version)
+        if text is None:
             model = None
             if isinstance(version, str) and (match := _VERSION.match(version)):
                 model = match.group("model")
             known = self._known_versions(model) or self._known_versions()
             raise NotFoundError(f"version {version!r} not found; known versions: {_known(known)}")
         try:
-            manifest = VersionManifest.model_validate_json((path / MANIFEST).read_text())
+            manifest = VersionManifest.model_validate_json(text)
         except (ValidationError, ValueError, UnicodeDecodeError) as exc:
             raise IntegrityError(f"{version}/{MANIFEST}: unreadable manifest ({exc})") from None
         if manifest.version != version:
@@ -330,16 +262,14 @@ class Registry:
         """Every readable version (of ``model``, if given), oldest first. Temporary folders
         and folders without a valid manifest are skipped (the latter with a warning)."""
         found: list[tuple[str, int, VersionManifest]] = []
-        for entry in self.versions_dir.iterdir():
-            match = _VERSION.match(entry.name)
-            if entry.name.startswith(".") or not match or not entry.is_dir():
-                continue
-            if model is not None and match.group("model") != model:
+        for name, text in self._versions.manifests().items():
+            match = _VERSION.match(name)
+            if not match or (model is not None and match.group("model") != model):
                 continue
             try:
-                manifest = VersionManifest.model_validate_json((entry / MANIFEST).read_text())
-            except (OSError, ValidationError, ValueError, UnicodeDecodeError) as exc:
-                log.warning("skipping %s: no valid %s (%s)", entry, MANIFEST, exc)
+                manifest = VersionManifest.model_validate_json(text)
+            except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+                log.warning("skipping %s: no valid %s (%s)", name, MANIFEST, exc)
                 continue
             found.append((manifest.created_at, int(match.group("n")), manifest))
         found.sort(key=lambda item: (item[0], item[1]))
@@ -348,7 +278,7 @@ class Registry:
     def verify(self, version: str) -> VersionManifest:
         """Recompute every checksum of ``version``; IntegrityError names a bad/missing file."""
         manifest = self.get(version)
-        _verify_files(self.versions_dir / version, manifest.files, version)
+        check_cached(self._versions, version, manifest.files, version)
         return manifest
 
     def update(
@@ -371,7 +301,7 @@ class Registry:
             if metrics is not None:
                 changes["metrics"] = {**manifest.metrics, **metrics}
             updated = VersionManifest.model_validate({**manifest.model_dump(), **changes})
-            _write_json_atomic(self.versions_dir / version / MANIFEST, updated.model_dump(mode="json"))
+            self._versions.rewrite_manifest(version, updated.model_dump(mode="json"))
         return updated
 
     def file_path(self, version: str, filename: str, *, verify: bool = True) -> Path:
@@ -382,8 +312,10 @@ class Registry:
                 f"version {version!r} has no file {filename!r}; it has: {', '.join(sorted(manifest.files))}"
             )
         if verify:
-            _verify_files(self.versions_dir / version, {filename: manifest.files[filename]}, version)
-        return self.versions_dir / version / filename
+            folder = check_cached(self._versions, version, manifest.files, version, only=[filename])
+        else:
+            folder = self._versions.local(version, manifest.files)
+        return folder / filename
 
     def load_component(self, version: str, stem: str) -> nn.Module:
         """Verify every file of ``version``, then rebuild ``<stem>.safetensors``/``.json``."""
@@ -395,7 +327,7 @@ class Registry:
             )
         from unlearning.models.io import load_model
 
-        return load_model(self.versions_dir / version, stem)
+        return load_model(self._versions.local(version, manifest.files), stem)
 
     def load_generator(self, version: str) -> nn.Module:
         return self.load_component(version, "generator")
@@ -408,21 +340,9 @@ class Registry:
 
     # ------------------------------------------------------------------------------ active
 
-    def _pointer(self, model: str) -> Path:
-        return self.active_dir / f"{_check_name(model, 'model')}.json"
-
     def active(self, model: str) -> str | None:
         """The version served for ``model``, or None if none was activated."""
-        path = self._pointer(model)
-        if not path.is_file():
-            return None
-        try:
-            version = json.loads(path.read_text())["version"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise IntegrityError(f"active/{path.name}: unreadable pointer ({exc})") from None
-        if not isinstance(version, str):
-            raise IntegrityError(f"active/{path.name}: pointer names no version")
-        return version
+        return self.pointers.get(_check_name(model, "model"))
 
     def activate(self, version: str, *, force: bool = False) -> VersionManifest:
         """Point ``<model>`` at ``version`` (atomically). Its files are verified first; a
@@ -435,17 +355,19 @@ class Registry:
                 "(force it if you really mean to serve it)"
             )
         with self._locked():
-            _remove_stale(self.active_dir)
-            _write_json_atomic(
-                self._pointer(manifest.model), {"version": version, "activated_at": _now()}
-            )
+            self.pointers.set(manifest.model, version)
         log.info("activated %s for %s", version, manifest.model)
         return manifest
+
+    def pointer_changes(self):
+        """A ``threading.Event`` set when an active pointer may have changed (pushed by the
+        database; never set for pointer files, which are polled). The caller clears it."""
+        return self.pointers.changes()
 
     def models(self) -> list[str]:
         """Names of generators that have versions or an active pointer."""
         names = {m.model for m in self.list_versions()}
-        names |= {p.stem for p in self.active_dir.glob("*.json") if not p.name.startswith(".")}
+        names |= set(self.pointers.models())
         return sorted(names)
 
     # ------------------------------------------------------------------------- classifiers
@@ -462,52 +384,32 @@ class Registry:
         check: Callable[[Path], None] | None = None,
     ) -> ClassifierManifest:
         _check_name(name, "classifier")
-        final = self.classifiers_dir / name
-        if final.exists() and not replace:
-            raise LetheError(f"classifier {name!r} already exists; pass replace=True to replace it")
-        tmp = self.classifiers_dir / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        trash: Path | None = None
+
+        def refuse_existing() -> None:
+            if not replace and self._classifiers.manifest(name) is not None:
+                raise LetheError(f"classifier {name!r} already exists; pass replace=True to replace it")
+
+        refuse_existing()
+        tmp = self._classifiers.staging()
         try:
             write_files(tmp)
             if check is not None:
                 check(tmp)
-            files = _hash_and_sync(tmp)
+            files = hash_and_sync(tmp)
             manifest = ClassifierManifest(
                 name=name, created_at=_now(), format=fmt, metrics=dict(metrics or {}),
                 labels=list(labels) if labels else None, files=files,
             )
-            _write_json_atomic(tmp / MANIFEST, manifest.model_dump(mode="json"))
-            _fsync_path(tmp)
-            with self._locked():
-                _remove_stale(self.classifiers_dir)
-                self._restore_trash()
-                if final.exists():
-                    if not replace:
-                        raise LetheError(
-                            f"classifier {name!r} already exists; pass replace=True to replace it"
-                        )
-                    trash = self.classifiers_dir / f"{_TRASH_PREFIX}{uuid.uuid4().hex}-{name}"
-                    os.rename(final, trash)
-                os.rename(tmp, final)
-                _fsync_path(self.classifiers_dir)
-                if trash is not None:
-                    shutil.rmtree(trash, ignore_errors=True)
+
+            def make() -> tuple[str, dict[str, Any]]:
+                refuse_existing()
+                return name, manifest.model_dump(mode="json")
+
+            self._classifiers.publish(tmp, files, make, replace=replace)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return manifest
-
-    def _restore_trash(self) -> None:
-        """A replace interrupted between its two renames: put the old classifier back if
-        the new one never arrived, otherwise drop it. Call with the lock held."""
-        for entry in self.classifiers_dir.glob(f"{_TRASH_PREFIX}*"):
-            name = entry.name[len(_TRASH_PREFIX) + 33 :]
-            target = self.classifiers_dir / name
-            if name and not target.exists():
-                os.rename(entry, target)
-            else:
-                shutil.rmtree(entry, ignore_errors=True)
 
     def register_classifier(
         self,
@@ -558,12 +460,12 @@ class Registry:
         )
 
     def _get_classifier(self, name: str) -> ClassifierManifest:
-        path = self.classifiers_dir / name / MANIFEST
-        if not isinstance(name, str) or not _NAME.match(name) or not path.is_file():
+        text = self._classifiers.manifest(name) if isinstance(name, str) and _NAME.match(name) else None
+        if text is None:
             known = [m.name for m in self.list_classifiers()]
             raise NotFoundError(f"classifier {name!r} not found; known classifiers: {_known(known)}")
         try:
-            return ClassifierManifest.model_validate_json(path.read_text())
+            return ClassifierManifest.model_validate_json(text)
         except (ValidationError, ValueError, UnicodeDecodeError) as exc:
             raise IntegrityError(f"classifiers/{name}/{MANIFEST}: unreadable manifest ({exc})") from None
 
@@ -572,14 +474,14 @@ class Registry:
 
     def verify_classifier(self, name: str) -> ClassifierManifest:
         manifest = self._get_classifier(name)
-        _verify_files(self.classifiers_dir / name, manifest.files, f"classifiers/{name}")
+        check_cached(self._classifiers, name, manifest.files, f"classifiers/{name}")
         return manifest
 
     def load_classifier(self, name: str) -> nn.Module:
         """Verified classifier in eval mode: rebuilt from safetensors, or converted from
         ONNX with onnx2torch (that module has no ``.features``/``.config``)."""
         manifest = self.verify_classifier(name)
-        folder = self.classifiers_dir / name
+        folder = self._classifiers.local(name, manifest.files)
         if manifest.format == "onnx":
             return onnx_classifier_module(folder / "classifier.onnx", f"classifiers/{name}/classifier.onnx")
         from unlearning.models.io import load_model
@@ -588,13 +490,11 @@ class Registry:
 
     def list_classifiers(self) -> list[ClassifierManifest]:
         found = []
-        for entry in sorted(self.classifiers_dir.iterdir()):
-            if entry.name.startswith(".") or not entry.is_dir():
-                continue
+        for name, text in sorted(self._classifiers.manifests().items()):
             try:
-                found.append(ClassifierManifest.model_validate_json((entry / MANIFEST).read_text()))
-            except (OSError, ValidationError, ValueError, UnicodeDecodeError) as exc:
-                log.warning("skipping %s: no valid %s (%s)", entry, MANIFEST, exc)
+                found.append(ClassifierManifest.model_validate_json(text))
+            except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+                log.warning("skipping classifier %s: no valid %s (%s)", name, MANIFEST, exc)
         return found
 
 
