@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import flip_a_byte, snapshot
-from service.job_store import JobStore
+from unlearning.store import SqliteJobStore
 from serving import copy_version
 from unlearning.registry import Registry
 
@@ -174,7 +174,7 @@ def test_redact_promotes_reports_and_rolls_back(quick_copy, tmp_path):
     assert active_of(models_json(quick_copy)) == [BASE]
 
     # both are in the audit trail, as the service's jobs and activations would be
-    rolled_back, promoted = JobStore(quick_copy / "jobs.sqlite").audit_log()
+    rolled_back, promoted = SqliteJobStore(quick_copy / "jobs.sqlite").audit_log()
     assert (promoted.action, promoted.version, promoted.parent, promoted.spec_name) == (
         "promoted", "digits-v2", BASE, "forget-zero-tiny")
     assert promoted.actor.startswith("cli:") and len(promoted.spec_hash) == 64

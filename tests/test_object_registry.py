@@ -1,0 +1,169 @@
+"""The registry on shared storage: versions and classifiers in S3-compatible object storage
+(moto's server), the active pointer and version numbers in PostgreSQL, two registries with
+separate LETHE_HOMEs as two instances would have them. Folders are published complete or
+not at all (files, then the manifest), downloaded into a verified local cache, and what was
+cached stays readable while the object storage is down."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import boto3
+import pytest
+
+from backends import TcpProxy
+from unlearning.errors import IntegrityError, LetheError, NotFoundError
+from unlearning.registry import Registry, StorageUnavailableError
+
+
+def _writer(text: str, size: int = 0):
+    def write(folder: Path) -> None:
+        (folder / "note.txt").write_text(text)
+        if size:
+            (folder / "weights.bin").write_bytes(text.encode() * (size // max(1, len(text))))
+
+    return write
+
+
+@pytest.fixture
+def shared(postgres, s3, monkeypatch):
+    """(database URL, bucket URL) with boto3's variables pointing at the moto server."""
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    return postgres.new_database(), s3.new_bucket()
+
+
+def _instance(tmp_path: Path, name: str, shared) -> Registry:
+    db, bucket = shared
+    return Registry(tmp_path / name, database_url_=db, registry_url_=bucket)
+
+
+def test_two_instances_share_versions_pointers_and_classifiers(shared, tmp_path):
+    a, b = _instance(tmp_path, "a", shared), _instance(tmp_path, "b", shared)
+    first = a.create_version("digits", _writer("one"), status="promoted")
+    assert first.version == "digits-v1"
+    assert b.get("digits-v1") == first  # b's home never saw it: read from the bucket
+    assert not (tmp_path / "b" / "versions" / "digits-v1").exists()
+    assert b.file_path("digits-v1", "note.txt").read_text() == "one"  # downloaded, verified, cached
+    assert (tmp_path / "b" / "versions" / "digits-v1" / "manifest.json").is_file()
+
+    second = b.create_version("digits", _writer("two"), parent="digits-v1")
+    assert second.version == "digits-v2" and [m.version for m in a.list_versions()] == ["digits-v1", "digits-v2"]
+    assert a.update("digits-v2", status="promoted", metrics={"fid": 2.0}).status == "promoted"
+    assert b.get("digits-v2").metrics == {"fid": 2.0}  # a manifest's fields change for everyone
+
+    b.activate("digits-v2")
+    assert a.active("digits") == "digits-v2" and a.models() == ["digits"]
+    assert not (tmp_path / "a" / "active").exists() or not list((tmp_path / "a" / "active").iterdir())
+
+    a.register_onnx_classifier("mine", _tiny_onnx(), labels=["x", "y"])
+    assert [c.name for c in b.list_classifiers()] == ["mine"]
+    assert b.verify_classifier("mine").labels == ["x", "y"]
+    with pytest.raises(LetheError, match="already exists"):
+        b.register_onnx_classifier("mine", _tiny_onnx())
+    with pytest.raises(NotFoundError, match="digits-v9"):
+        b.get("digits-v9")
+
+
+def test_version_numbers_are_unique_across_instances(shared, tmp_path):
+    registries = [_instance(tmp_path, f"i{i}", shared) for i in range(4)]
+    made: list[str] = []
+    errors: list[BaseException] = []
+
+    def work(registry: Registry, i: int) -> None:
+        try:
+            for j in range(3):
+                made.append(registry.create_version("digits", _writer(f"{i}-{j}")).version)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(r, i)) for i, r in enumerate(registries)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert sorted(made, key=lambda v: int(v.rsplit("v", 1)[1])) == [f"digits-v{n}" for n in range(1, 13)]
+
+
+def test_without_a_database_the_bucket_itself_refuses_a_taken_name(s3, tmp_path, monkeypatch):
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = s3.new_bucket()
+    a = Registry(tmp_path / "a", registry_url_=bucket)
+    b = Registry(tmp_path / "b", registry_url_=bucket)
+    assert a.create_version("digits", _writer("a")).version == "digits-v1"
+    # b lists nothing new in its own home, yet gets v2: the name is arbitrated by the bucket
+    assert b.create_version("digits", _writer("b")).version == "digits-v2"
+    assert b.file_path("digits-v1", "note.txt").read_text() == "a"
+
+
+def test_object_storage_down_mid_upload_leaves_no_version_and_the_cache_serves(shared, s3, tmp_path):
+    db, bucket = shared
+    proxy = TcpProxy(s3.port)
+    url = f"http://127.0.0.1:{proxy.port}"
+    import os
+
+    os.environ["AWS_ENDPOINT_URL"] = url  # monkeypatched by `shared`: restored after the test
+    from unlearning import registry as registry_module
+
+    registry_module._REMOTES.pop(bucket, None)
+    a = Registry(tmp_path / "a", database_url_=db, registry_url_=bucket)
+    base = a.create_version("digits", _writer("base"), status="promoted")
+    a.activate(base.version)
+    a.file_path(base.version, "note.txt")
+
+    cut = threading.Timer(0.3, proxy.stop)
+    cut.start()
+    try:
+        with pytest.raises(StorageUnavailableError, match="cannot be reached|try again"):
+            for i in range(200):  # big enough that the cut lands in the middle of an upload
+                a.create_version("digits", _writer(f"big-{i}", size=4 << 20))
+    finally:
+        cut.join()
+    # while it is down: what was cached still reads, nothing half-written is listed
+    assert a.get(base.version).version == base.version
+    assert a.file_path(base.version, "note.txt").read_text() == "base"
+    assert [m.version for m in a.list_versions()][0] == base.version
+    proxy.start()
+    listed = [m.version for m in a.list_versions()]
+    for version in listed:
+        a.verify(version)  # every listed version is complete: all its files are in the bucket
+    client = boto3.client("s3", endpoint_url=url)
+    bucket_name, prefix = bucket[len("s3://"):].split("/", 1)
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket_name, Prefix=f"{prefix}/versions/")["Contents"]}
+    assert keys == {f"{prefix}/versions/{v}/manifest.json" for v in listed}
+    assert a.create_version("digits", _writer("after")).version.startswith("digits-v")  # and it works again
+    proxy.stop()
+
+
+def test_a_corrupted_cached_file_is_downloaded_again_and_a_corrupted_object_is_refused(shared, tmp_path):
+    from conftest import flip_a_byte
+
+    a, b = _instance(tmp_path, "a", shared), _instance(tmp_path, "b", shared)
+    version = a.create_version("digits", _writer("x" * 1000)).version
+    cached = b.file_path(version, "note.txt")
+    flip_a_byte(cached)
+    assert b.verify(version).version == version and cached.read_text() == "x" * 1000  # fetched afresh
+
+    _, bucket = shared
+    bucket_name, prefix = bucket[len("s3://"):].split("/", 1)
+    digest = a.get(version).files["note.txt"]
+    boto3.client("s3").put_object(Bucket=bucket_name, Key=f"{prefix}/blobs/{digest}", Body=b"tampered")
+    c = _instance(tmp_path, "c", shared)
+    with pytest.raises(IntegrityError, match="note.txt: checksum mismatch"):
+        c.verify(version)
+    assert not (tmp_path / "c" / "versions" / version).exists()  # never half-cached
+
+
+def _tiny_onnx() -> bytes:
+    import io
+
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(model, torch.zeros(1, 1, 8, 8), buffer, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+    return buffer.getvalue()
