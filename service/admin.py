@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import re
 import shutil
 import uuid
@@ -130,7 +131,7 @@ class AdminAPI:
 
     async def submit(self, request: Request) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
-        staging = self.uploads_root / f".tmp-{uuid.uuid4().hex}"
+        staging = self.uploads_root / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"  # the pid: see store.files
         try:
             if content_type.startswith("multipart/form-data"):
                 spec_bytes, parent = await self._read_multipart(request, staging)
@@ -153,9 +154,8 @@ class AdminAPI:
                 if extra:
                     return error(400, f"uploaded file(s) {', '.join(extra)} are not referenced by the spec")
             job_uploads = None
-            if uploads is not None:
-                job_uploads = self.uploads_root / uuid.uuid4().hex
-                staging.rename(job_uploads)
+            if uploads is not None:  # with object storage, published for a job worker on another node
+                job_uploads = await anyio.to_thread.run_sync(self.registry.keep_uploads, staging)
             try:
                 job = self.store.submit(
                     spec.model_dump(mode="json"), spec_hash=spec_hash(spec), spec_name=spec.name,

@@ -144,7 +144,7 @@ def run_job(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
     try:
         outcome = run_redaction(
             job.spec, registry=registry, parent=job.parent,
-            uploads_dir=Path(job.uploads_dir) if job.uploads_dir else None,
+            uploads_dir=registry.uploads(job.uploads_dir) if job.uploads_dir else None,
             report_dir=home / "reports" / "jobs" / job.id,
             callbacks=Callbacks(progress=hooks.progress, cancelled=hooks.cancelled), job_id=job.id,
         )

@@ -15,7 +15,16 @@ import time
 import uuid
 from pathlib import Path
 
-PG_BIN = Path(os.environ.get("LETHE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _pg_bin() -> Path:
+    """``LETHE_TEST_PG_BIN``, else the newest of Debian's ``/usr/lib/postgresql/<N>/bin``."""
+    if os.environ.get("LETHE_TEST_PG_BIN"):
+        return Path(os.environ["LETHE_TEST_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if
+                   p.parts[-3].isdigit() else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 
 
 def free_port() -> int:
@@ -181,3 +190,23 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
+
+
+def publish_home(home: Path, target) -> None:
+    """Every classifier and version of the local registry in ``home``, with its manifest
+    unchanged, into ``target`` (a Registry on shared storage), and the same active
+    pointers: a bootstrapped home moved to PostgreSQL and S3."""
+    from unlearning.registry import Registry
+
+    source = Registry(home, database_url_="", registry_url_="")
+    pairs = [(source._classifiers, target._classifiers, m.name, m) for m in source.list_classifiers()]
+    pairs += [(source._versions, target._versions, m.version, m) for m in source.list_versions()]
+    for src, dst, name, manifest in pairs:
+        staged = dst.staging()
+        for rel in manifest.files:
+            (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src.root / name / rel, staged / rel)
+        dst.publish(staged, manifest.files, lambda: (name, manifest.model_dump(mode="json")))
+    for model in source.models():
+        if (version := source.active(model)) is not None:
+            target.pointers.set(model, version)

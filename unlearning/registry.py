@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import re
 import shutil
@@ -38,7 +39,7 @@ from pydantic import BaseModel, Field, ValidationError
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
 from unlearning.runtime import lethe_home
 from unlearning.store import database_url, registry_url
-from unlearning.store.files import MANIFEST, hash_and_sync, sha256_file  # noqa: F401 (sha256_file: re-exported)
+from unlearning.store.files import MANIFEST, hash_and_sync
 from unlearning.store.folders import Folders, check_cached
 from unlearning.store.objects import ObjectStore, StorageUnavailableError  # noqa: F401 (re-exported)
 from unlearning.store.pointers import DatabasePointers, FilePointers
@@ -139,8 +140,9 @@ def _remote(url: str | None) -> ObjectStore | None:
 class Registry:
     """Versions of named generators, the active pointer per generator, and classifiers.
 
-    ``database_url`` / ``registry_url`` default to ``LETHE_DATABASE_URL`` /
-    ``LETHE_REGISTRY_URL``; unset, everything lives in ``home`` (default LETHE_HOME)."""
+    ``database_url_`` / ``registry_url_`` default to ``LETHE_DATABASE_URL`` /
+    ``LETHE_REGISTRY_URL`` ("" for none); unset, everything lives in ``home`` (default
+    LETHE_HOME)."""
 
     def __init__(self, home: Path | None = None, *, database_url_: str | None = None,
                  registry_url_: str | None = None):
@@ -149,11 +151,12 @@ class Registry:
         self.active_dir = self.home / "active"
         self.classifiers_dir = self.home / "classifiers"
         self.home.mkdir(parents=True, exist_ok=True)
-        remote = _remote(registry_url_ or registry_url())
+        remote = _remote(registry_url() if registry_url_ is None else registry_url_)
         self.remote = remote
         self._versions = Folders(self.versions_dir, "versions", self._locked, remote)
         self._classifiers = Folders(self.classifiers_dir, "classifiers", self._locked, remote)
-        db_url = database_url_ or database_url()
+        self._uploads = Folders(self.home / "uploads", "uploads", self._locked, remote)
+        db_url = database_url() if database_url_ is None else database_url_
         if db_url:
             from unlearning.store.postgres import database
 
@@ -369,6 +372,35 @@ class Registry:
         names = {m.model for m in self.list_versions()}
         names |= set(self.pointers.models())
         return sorted(names)
+
+    # ----------------------------------------------------------------------------- uploads
+
+    def keep_uploads(self, staged: Path) -> Path:
+        """Keep a job's uploaded files (``staged``, a folder under ``uploads/``) as
+        ``uploads/<id>``; with object storage they are also published there (files, then
+        manifest), so that a job worker on another node can fetch them (``uploads``)."""
+        import uuid
+
+        name = uuid.uuid4().hex
+        if self.remote is None:
+            target = self._uploads.root / name
+            staged.rename(target)
+            return target
+        files = hash_and_sync(staged)
+        self._uploads.publish(staged, files, lambda: (name, {"name": name, "created_at": _now(), "files": files}))
+        return self._uploads.root / name
+
+    def uploads(self, path: str | Path) -> Path:
+        """The local folder of a job's uploads (``path``, as the submitting node stored it),
+        fetched from object storage and checked against its checksums when this node lacks it."""
+        folder = Path(path)
+        if self.remote is None or folder.is_dir():
+            return folder
+        text = self._uploads.manifest(folder.name)
+        if text is None:
+            return folder  # the job then says which file was not uploaded, and where it looked
+        files = json.loads(text).get("files") or {}
+        return check_cached(self._uploads, folder.name, files, f"uploads/{folder.name}")
 
     # ------------------------------------------------------------------------- classifiers
 
