@@ -108,7 +108,6 @@ class AdminAPI:
         self.registry = Registry(settings.home)
         self.store = open_store(settings.home)
         self.uploads_root = settings.home / "uploads"
-        self.reports_root = settings.home / "reports" / "jobs"
 
     def app(self):
         routes = [
@@ -223,7 +222,7 @@ class AdminAPI:
 
     async def report(self, request: Request) -> HTMLResponse:
         job = self.store.get(request.path_params["job_id"])
-        folder = self.reports_root / job.id
+        folder = await anyio.to_thread.run_sync(self.registry.report, job.id)  # another node's, fetched
         if not (folder / "index.html").is_file():
             state = f"it is {job.state}" + (f": {job.reason}" if job.reason else "")
             raise NotFoundError(f"job {job.id} has no report yet ({state})")

@@ -149,6 +149,10 @@ def run_job(store: JobStore, job: JobRecord, home: Path) -> JobRecord:
             callbacks=Callbacks(progress=hooks.progress, cancelled=hooks.cancelled), job_id=job.id,
         )
         method = outcome.method
+        try:  # with object storage, every instance can then show the report
+            registry.share_report(job.id)
+        except LetheError as exc:
+            log.warning("the report of job %s stays on this node only: %s", job.id, exc)
         # the outcome and its audit entry (version, parent, whether it became active) in one transaction
         record = until_reachable(lambda: store.finish(
             job.id, outcome.status, version=outcome.version, result=_summary(outcome), reason=outcome.reason,

@@ -6,6 +6,7 @@ cached stays readable while the object storage is down."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -167,3 +168,25 @@ def _tiny_onnx() -> bytes:
     torch.onnx.export(model, torch.zeros(1, 1, 8, 8), buffer, input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
     return buffer.getvalue()
+
+
+def test_uploads_and_reports_reach_the_other_instance(shared, tmp_path):
+    a, b = _instance(tmp_path, "a", shared), _instance(tmp_path, "b", shared)
+    staged = tmp_path / "a" / "uploads" / ".tmp-1-upload"
+    staged.mkdir(parents=True)
+    (staged / "negatives.npz").write_bytes(b"npz bytes")
+    kept = a.keep_uploads(staged)
+    assert kept.parent == tmp_path / "a" / "uploads" and (kept / "negatives.npz").read_bytes() == b"npz bytes"
+    shutil.rmtree(kept)  # as if a's folder were on another node
+    fetched = b.uploads(str(kept))  # the job record names a's path; b fetches the same files
+    assert fetched == tmp_path / "b" / "uploads" / kept.name and (fetched / "negatives.npz").read_bytes() == b"npz bytes"
+    assert b.uploads(str(tmp_path / "a" / "uploads" / "never-uploaded")).name == "never-uploaded"
+
+    report = tmp_path / "a" / "reports" / "jobs" / "job-1"
+    report.mkdir(parents=True)
+    (report / "index.html").write_text("<html>report</html>")
+    a.share_report("job-1")
+    assert (report / "index.html").is_file()  # still where the job worker wrote it
+    shutil.rmtree(report)
+    assert (b.report("job-1") / "index.html").read_text() == "<html>report</html>"
+    assert not b.report("job-2").exists()

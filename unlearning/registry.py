@@ -156,6 +156,7 @@ class Registry:
         self._versions = Folders(self.versions_dir, "versions", self._locked, remote)
         self._classifiers = Folders(self.classifiers_dir, "classifiers", self._locked, remote)
         self._uploads = Folders(self.home / "uploads", "uploads", self._locked, remote)
+        self._reports = Folders(self.home / "reports" / "jobs", "reports", self._locked, remote)
         db_url = database_url() if database_url_ is None else database_url_
         if db_url:
             from unlearning.store.postgres import database
@@ -401,6 +402,34 @@ class Registry:
             return folder  # the job then says which file was not uploaded, and where it looked
         files = json.loads(text).get("files") or {}
         return check_cached(self._uploads, folder.name, files, f"uploads/{folder.name}")
+
+    def share_report(self, job_id: str) -> None:
+        """With object storage, publish a job's report folder (``reports/jobs/<job id>``),
+        so that every instance can serve it. Without one, or without a report, nothing."""
+        folder = self._reports.root / job_id
+        if self.remote is None or not folder.is_dir() or (folder / MANIFEST).exists():
+            return
+        staged = self._reports.staging()
+        staged.rmdir()
+        folder.rename(staged)
+        try:
+            files = hash_and_sync(staged)
+            self._reports.publish(staged, files, lambda: (job_id, {"name": job_id, "created_at": _now(),
+                                                                   "files": files}), replace=True)
+        finally:
+            if staged.exists():  # not published (the storage is down): put it back
+                staged.rename(folder)
+
+    def report(self, job_id: str) -> Path:
+        """The local folder of a job's report, fetched from object storage when another
+        instance's job worker wrote it (it may not exist: the job has no report yet)."""
+        folder = self._reports.root / job_id
+        if self.remote is None or folder.is_dir():
+            return folder
+        text = self._reports.manifest(job_id)
+        if text is None:
+            return folder
+        return check_cached(self._reports, job_id, json.loads(text).get("files") or {}, f"reports/{job_id}")
 
     # ------------------------------------------------------------------------- classifiers
 
