@@ -2,9 +2,11 @@
 several instances on several hosts: jobs, the audit trail, the active pointers and the
 version counters live in one database every instance reaches over the network.
 
-* One connection per thread of a process, opened on first use and dropped when it fails
-  (a server restart): the next call opens a new one. A call while the server is down
-  raises ``StoreUnavailableError`` (a ``JobStoreError``); callers retry or say so.
+* One connection per thread of a process, opened on first use (the tables are created
+  then, if needed) and dropped when it fails or when the server has closed it (a restart:
+  an idle connection with something to read has been told goodbye); the next call opens a
+  new one. A call while the server is down raises ``StoreUnavailableError`` (a
+  ``JobStoreError``); callers retry or say so.
 * Every write transaction first takes one transaction-scoped advisory lock, so writes run
   one at a time across every instance, as SQLite's ``BEGIN IMMEDIATE`` makes them on one
   host: ``claim_next``'s check-then-claim cannot interleave, and the partial unique index
@@ -107,8 +109,16 @@ class PostgresDatabase:
         if getattr(self._local, "pid", None) != os.getpid():  # never a parent's connection after a fork
             self._local.conn, self._local.pid = None, os.getpid()
         try:
-            if self._local.conn is None or self._local.conn.closed:
+            if self._local.conn is not None and (self._local.conn.closed or _said_goodbye(self._local.conn)):
+                self._drop()
+            if self._local.conn is None:
                 self._local.conn = self._open()
+                if not self._schema_ready:
+                    try:
+                        self._create_schema(_Conn(self._local.conn))
+                    except JobStoreError:
+                        self._drop()  # e.g. a newer schema: every use says so, not only the first
+                        raise
             yield _Conn(self._local.conn)
         except psycopg.IntegrityError:
             raise  # a bug in the store (the unique index refused a second active job), not the server
@@ -129,11 +139,17 @@ class PostgresDatabase:
     # ---------------------------------------------------------------------------- schema
 
     def ensure_schema(self) -> None:
+        """Create or upgrade the tables now (the first connection does it anyway)."""
+        if not self._schema_ready:
+            with self.connect() as conn:
+                if not self._schema_ready:  # this thread's connection was opened before
+                    self._create_schema(conn)
+
+    def _create_schema(self, conn: _Conn) -> None:
         """Create or upgrade the tables (once per process; under the write lock, so two
         instances starting together do not both create them)."""
-        if self._schema_ready:
-            return
-        with self.write() as conn:
+        with conn.raw.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             stored = conn.execute("SELECT max(version) AS v FROM schema_version").fetchone()["v"]
             if stored is not None and stored > POSTGRES_SCHEMA_VERSION:
@@ -190,18 +206,30 @@ class PostgresDatabase:
         return thread
 
 
+def _said_goodbye(raw) -> bool:
+    """Whether an idle connection has something to read: the server closed it (a restart,
+    an administrator) or is about to. Costs a system call, not a round trip."""
+    import select
+
+    try:
+        readable, _, _ = select.select([raw.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 _DATABASES: dict[tuple[str, int], PostgresDatabase] = {}
 _DATABASES_LOCK = threading.Lock()
 
 
 def database(url: str) -> PostgresDatabase:
-    """The process's one ``PostgresDatabase`` for ``url``, its schema created if needed."""
+    """The process's one ``PostgresDatabase`` for ``url`` (nothing is connected yet: a
+    server that is down now is only an error when it is used)."""
     key = (url, os.getpid())
     with _DATABASES_LOCK:
         found = _DATABASES.get(key)
         if found is None:
             found = _DATABASES[key] = PostgresDatabase(url)
-    found.ensure_schema()
     return found
 
 
