@@ -79,6 +79,7 @@ class _JobCallbacks:
         self._last_progress = 0.0
         self._last_cancel_check = 0.0
         self._cancelled = False
+        self._away = False  # the last progress report could not be written
 
     def progress(self, fraction: float, info: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -93,7 +94,11 @@ class _JobCallbacks:
         except JobFinishedError:
             self._cancelled = True  # ended behind our back (recovered as failed): stop
         except JobStoreError as exc:  # the database is away: training goes on, progress shows later
-            log.warning("progress of job %s not recorded: %s", self.job_id, exc)
+            if not self._away:
+                log.warning("progress of job %s not recorded until the database is back: %s", self.job_id, exc)
+            self._away = True
+            return
+        self._away = False
 
     def cancelled(self) -> bool:
         now = time.monotonic()

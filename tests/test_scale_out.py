@@ -90,7 +90,7 @@ def test_jobs_run_one_at_a_time_and_swaps_reach_every_worker_of_both(cluster):
     assert same[0] == same[1]  # bit-identical: same seed, same version, different nodes
 
     job_ids = [server.submit({"name": f"shared-{i}", **QUICK_SPEC}).json()["job_id"] for i, server in
-               enumerate((a, b, a))]
+               enumerate((a, b))]
     overlaps: list[list[str]] = []
     stop = threading.Event()
 
@@ -110,10 +110,10 @@ def test_jobs_run_one_at_a_time_and_swaps_reach_every_worker_of_both(cluster):
         stop.set()
         watcher.join(10)
     assert not overlaps, overlaps[:3]
-    assert [j["state"] for j in jobs] == ["promoted"] * 3, [(j["state"], j["reason"]) for j in jobs]
+    assert [j["state"] for j in jobs] == ["promoted"] * 2, [(j["state"], j["reason"]) for j in jobs]
     spans = sorted((j["started_at"], j["finished_at"]) for j in jobs)
     assert all(x[1] <= y[0] for x, y in zip(spans, spans[1:])), spans
-    assert len({j["version"] for j in jobs}) == 3  # numbered once across both instances
+    assert len({j["version"] for j in jobs}) == 2  # numbered once across both instances
 
     last = max(jobs, key=lambda j: j["finished_at"])["version"]
     for server in (a, b):
