@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from unlearning.errors import LetheError
 from unlearning.store.liveness import this_worker
 from unlearning.store.queue import JobQueue
 from unlearning.store.records import (
@@ -43,6 +44,9 @@ def open_store(home: Path | None = None, *, url: str | None = None) -> JobQueue:
     url = url or database_url()
     if url:
         from unlearning.store.postgres import PostgresJobStore
+
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise LetheError(f"LETHE_DATABASE_URL must be a postgresql:// URL, not {url.split(':', 1)[0]!r}...")
 
         return PostgresJobStore(url)
     if home is None:
