@@ -155,8 +155,8 @@ class Registry:
         self.remote = remote
         self._versions = Folders(self.versions_dir, "versions", self._locked, remote)
         self._classifiers = Folders(self.classifiers_dir, "classifiers", self._locked, remote)
-        self._uploads = Folders(self.home / "uploads", "uploads", self._locked, remote)
-        self._reports = Folders(self.home / "reports" / "jobs", "reports", self._locked, remote)
+        self._uploads = Folders(self.home / "uploads", "uploads", self._locked, remote, create=False)
+        self._reports = Folders(self.home / "reports" / "jobs", "reports", self._locked, remote, create=False)
         db_url = database_url() if database_url_ is None else database_url_
         if db_url:
             from unlearning.store.postgres import database

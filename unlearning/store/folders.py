@@ -43,19 +43,21 @@ class Folders:
     """The folders of one ``kind`` (``versions``, ``classifiers``, ...) under ``root``;
     ``lock()`` is the registry's cross-process lock; ``remote`` the object storage, if any."""
 
-    def __init__(self, root: Path, kind: str, lock: Callable[[], ContextManager], remote: ObjectStore | None = None):
+    def __init__(self, root: Path, kind: str, lock: Callable[[], ContextManager], remote: ObjectStore | None = None,
+                 *, create: bool = True):
         self.root = root
         self.kind = kind
         self.lock = lock
         self.remote = remote
-        root.mkdir(parents=True, exist_ok=True)
+        if create:  # otherwise made by the first folder written into it
+            root.mkdir(parents=True, exist_ok=True)
 
     # --------------------------------------------------------------------------- writing
 
     def staging(self) -> Path:
         """A new private temporary folder to write a folder's files into."""
         tmp = self.root / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.mkdir()
+        tmp.mkdir(parents=True)
         return tmp
 
     def publish(self, staged: Path, files: dict[str, str], make: Callable[[], tuple[str, dict[str, Any]]],
@@ -124,6 +126,8 @@ class Folders:
                 return sorted(self.remote.manifests(self.kind))
             except StorageUnavailableError as exc:
                 log.warning("listing the cached %s only: %s", self.kind, exc)
+        if not self.root.is_dir():
+            return []
         return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and p.is_dir())
 
     def manifests(self) -> dict[str, str]:
@@ -135,8 +139,8 @@ class Folders:
                 return {name: text for name, text in found.items() if text is not None}
             except StorageUnavailableError as exc:
                 log.warning("listing the cached %s only: %s", self.kind, exc)
-        found = {}
-        for entry in self.root.iterdir():
+        found: dict[str, str] = {}
+        for entry in (self.root.iterdir() if self.root.is_dir() else []):
             if entry.name.startswith(".") or not entry.is_dir():
                 continue
             with contextlib.suppress(OSError, UnicodeDecodeError):
