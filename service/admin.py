@@ -10,8 +10,6 @@ the separate job worker (``service/worker.py``), never in a serving worker.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import logging
 import os
 import re
@@ -23,20 +21,29 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from service.admin_auth import ACTOR_SCOPE_KEY, BearerAuth
 from service.http_limits import RequestTooLarge
 from service.settings import Settings
+from service.uploads import remove_ended
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
-from unlearning.registry import Registry, StorageUnavailableError
-from unlearning.store import AUDIT_MAX_LIMIT, JobFinishedError, JobStoreBusyError, StoreUnavailableError, open_store
+from unlearning.names import shown
+from unlearning.registry import Registry
+from unlearning.store import (
+    AUDIT_ACTIONS, AUDIT_MAX_LIMIT, JOB_STATES, JobFinishedError, JobStoreBusyError, QueueFullError,
+    StorageUnavailableError, StoreUnavailableError, open_store,
+)
 from unlearning.store.events import record_activation
 
 log = logging.getLogger(__name__)
 
 MAX_FILES = 32
+LIST_MAX_LIMIT = 1000
+SPEC_TYPES = ("application/json", "application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 _UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _COPY_CHUNK = 1 << 20
 
@@ -52,31 +59,11 @@ def _status_for(exc: LetheError) -> int:
         return 409
     if isinstance(exc, (JobStoreBusyError, StoreUnavailableError, StorageUnavailableError)):  # try again
         return 503
+    if isinstance(exc, QueueFullError):
+        return 429
     if isinstance(exc, IntegrityError):
         return 409
     return 400
-
-
-class BearerAuth:
-    """401 for every admin path unless the bearer token matches (constant-time)."""
-
-    def __init__(self, app, token: str | None):
-        self.app = app
-        self.token = token.encode() if token else None
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if self.token is None:
-            response = error(401, "the admin API is disabled: no LETHE_ADMIN_TOKEN is configured on the server")
-            return await response(scope, receive, send)
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, presented = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(presented.strip(), self.token):
-            response = error(401, "missing or wrong admin token (send 'Authorization: Bearer <token>')")
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return await response(scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 def _job_view(job) -> dict[str, Any]:
@@ -121,25 +108,33 @@ class AdminAPI:
             Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
         app = Starlette(routes=routes, exception_handlers={
-            LetheError: lambda request, exc: error(_status_for(exc), str(exc)),
+            LetheError: lambda request, exc: error(_status_for(exc), self._public(str(exc))),
             RequestTooLarge: lambda request, exc: error(413, str(exc)),
+            # Starlette's own refusals (no such route, wrong method, too many files): JSON too
+            HTTPException: lambda request, exc: error(exc.status_code, str(exc.detail)),
         })
-        return BearerAuth(app, self.settings.admin_token)
+        return BearerAuth(app, self.settings.admin_token, self.settings.home)
+
+    def _public(self, message: str) -> str:
+        """An error message as a client may read it: where the server keeps its files is its own."""
+        return message.replace(str(self.settings.home), "LETHE_HOME")
 
     # ------------------------------------------------------------------------- submit
 
     async def submit(self, request: Request) -> JSONResponse:
-        content_type = request.headers.get("content-type", "")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         staging = self.uploads_root / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"  # the pid: see store.files
         try:
-            if content_type.startswith("multipart/form-data"):
-                spec_bytes, parent = await self._read_multipart(request, staging)
-            elif content_type.startswith("application/json"):
-                spec_bytes, parent = await request.body(), request.query_params.get("from")
+            if content_type == "multipart/form-data":
+                spec_bytes, form_parent = await self._read_multipart(request, staging)
+            elif content_type in SPEC_TYPES:
+                spec_bytes, form_parent = await request.body(), None
             else:
-                return error(415, "send multipart/form-data (a 'spec' field plus files) or application/json (a spec)")
+                return error(415, "send multipart/form-data (a 'spec' field plus files), or a spec alone as "
+                                  "application/json or application/yaml")
+            parent = _requested_parent(request.query_params.get("from"), form_parent)
             if not spec_bytes:
-                return error(400, "no 'spec' field: send the forget specification as JSON in a form field named 'spec'")
+                return error(400, "no 'spec' field: send the forget specification (JSON or YAML) in a form field named 'spec'")
             uploads = staging if staging.exists() else None
             model = request.query_params.get("model")
             spec, method, parent_manifest = await anyio.to_thread.run_sync(
@@ -160,6 +155,7 @@ class AdminAPI:
                     spec.model_dump(mode="json"), spec_hash=spec_hash(spec), spec_name=spec.name,
                     parent=parent_manifest.version, actor=_actor(request), uploads_dir=job_uploads,
                     model=parent_manifest.model, detail={"method": method},
+                    max_queued=self.settings.max_queued_jobs,
                 )  # its audit entry is written in the same transaction: no job without one
             except BaseException:
                 if job_uploads is not None:  # no job refers to them: leave nothing behind
@@ -189,7 +185,7 @@ class AdminAPI:
                         continue
                     name = Path(value.filename or key).name
                     if not _UPLOAD_NAME.match(name):
-                        raise LetheError(f"upload name {value.filename!r} is not allowed: use letters, digits, '_', '.', '-'")
+                        raise LetheError(f"upload name {shown(value.filename)} is not allowed: use letters, digits, '_', '.', '-'")
                     staging.mkdir(parents=True, exist_ok=True)
                     target = staging / name
                     if target.exists():
@@ -200,9 +196,9 @@ class AdminAPI:
                 elif key == "spec":
                     spec_bytes = value.encode()
                 elif key == "from":
-                    parent = value or None
+                    parent = value
                 else:
-                    raise LetheError(f"unknown form field {key!r}; send 'spec', optionally 'from', and files")
+                    raise LetheError(f"unknown form field {shown(key)}; send 'spec', optionally 'from', and files")
             return spec_bytes, parent
         finally:
             await form.close()
@@ -210,14 +206,34 @@ class AdminAPI:
     # ------------------------------------------------------------------- the others
 
     async def list_jobs(self, request: Request) -> JSONResponse:
-        jobs = self.store.list(limit=100)
-        return JSONResponse({"jobs": [_job_view(j) for j in jobs]})
+        """Jobs, newest first, a page at a time: ``limit`` (default 100, at most 1000),
+        ``before`` (a job id: the jobs submitted before it), ``state``. ``next`` is the
+        link to the following page, while there may be one."""
+        params = request.query_params
+        unknown = sorted(set(params) - {"limit", "before", "state"})
+        if unknown:
+            return error(400, f"unknown query parameter {shown(unknown[0])}; use limit, before, state")
+        text = params.get("limit", "100")
+        limit = int(text) if re.fullmatch(r"\d{1,4}", text) else 0
+        if not 1 <= limit <= LIST_MAX_LIMIT:
+            return error(400, f"limit must be a whole number from 1 to {LIST_MAX_LIMIT}, not {shown(text)}")
+        state = params.get("state")
+        if state is not None and state not in JOB_STATES:
+            return error(400, f"state must be one of {', '.join(JOB_STATES)}, not {shown(state)}")
+        before = params.get("before")
+        jobs = self.store.list(limit=limit, states=[state] if state else None, before=before)
+        page: dict[str, Any] = {"jobs": [_job_view(j) for j in jobs]}
+        if len(jobs) == limit:
+            query = f"limit={limit}&before={jobs[-1].id}" + (f"&state={state}" if state else "")
+            page["next"] = f"/admin/redactions?{query}"
+        return JSONResponse(page)
 
     async def status(self, request: Request) -> JSONResponse:
         return JSONResponse(_job_view(self.store.get(request.path_params["job_id"])))
 
     async def cancel(self, request: Request) -> JSONResponse:
         job = self.store.cancel(request.path_params["job_id"], actor=_actor(request))
+        remove_ended(job, self.uploads_root)  # cancelled before it started: its uploads go now
         return JSONResponse(_job_view(job), status_code=202 if not job.final else 200)
 
     async def report(self, request: Request) -> HTMLResponse:
@@ -258,7 +274,7 @@ class AdminAPI:
         params = request.query_params
         unknown = sorted(set(params) - {"limit", "since_seq", "action", "job_id"})
         if unknown:
-            return error(400, f"unknown query parameter {unknown[0]!r}; use limit, since_seq, action, job_id")
+            return error(400, f"unknown query parameter {shown(unknown[0])}; use limit, since_seq, action, job_id")
         numbers: dict[str, int | None] = {}
         for name, default, low, high in (("limit", 100, 1, AUDIT_MAX_LIMIT), ("since_seq", None, 0, None)):
             text = params.get(name)
@@ -268,10 +284,13 @@ class AdminAPI:
             value = int(text) if re.fullmatch(r"\d{1,18}", text) else None
             if value is None or value < low or (high is not None and value > high):
                 bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
-                return error(400, f"{name} must be a whole number {bounds}, not {text!r}")
+                return error(400, f"{name} must be a whole number {bounds}, not {shown(text)}")
             numbers[name] = value
+        action = params.get("action")
+        if action is not None and action not in AUDIT_ACTIONS:
+            return error(400, f"action must be one of {', '.join(AUDIT_ACTIONS)}, not {shown(action)}")
         entries = self.store.audit_log(limit=numbers["limit"], since_seq=numbers["since_seq"],
-                                       action=params.get("action"), job_id=params.get("job_id"))
+                                       action=action, job_id=params.get("job_id"))
         return JSONResponse({"entries": [e.model_dump(mode="json") for e in entries]})
 
 
@@ -290,6 +309,14 @@ def _rules(spec):
 
 
 def _actor(request: Request) -> str:
-    """Who did it: a short fingerprint of the token (never the token itself)."""
-    header = request.headers.get("authorization", "")
-    return "token:" + hashlib.sha256(header.encode()).hexdigest()[:12]
+    """Who did it: the keyed fingerprint of the token that ``BearerAuth`` checked."""
+    return request.scope[ACTOR_SCOPE_KEY]
+
+
+def _requested_parent(query: str | None, form: str | None) -> str | None:
+    """The parent version a submit asks for: ``?from=`` or a ``from`` form field (multipart),
+    one parse for both; both at once must agree."""
+    query, form = query or None, form or None
+    if query is not None and form is not None and query != form:
+        raise LetheError(f"from: the query asks for {shown(query)} and the form for {shown(form)}; send one")
+    return query or form

@@ -30,11 +30,14 @@ from starlette.routing import Route
 from service.admin import AdminAPI
 from service.error_body import ErrorBodyShape
 from service.http_limits import BodySizeLimit
+from service.log_escape import install as escape_logged_client_text
 from unlearning.store import open_store
 from service.metrics import metrics, publish_version
 from service.monitor import OnlineMonitor
 from service.refusal_log import install as log_refusals_without_tracebacks
+from service.relative_redirects import RelativeRedirects
 from service.request_timer import install as cancel_request_timers
+from service.route_labels import install as label_request_metrics_by_route
 from service.settings import Settings
 from service.swap import ActiveGenerator, ActiveUnservableError, LoadedVersion, NotServableError
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
@@ -49,6 +52,7 @@ MAX_SEED = 2**63 - 1
 Count = Annotated[int, Field(ge=1, le=MAX_IMAGES, strict=True, description="images to generate, 1-1024")]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, strict=True, description="same seed + version = same images")]
 ModelName = Annotated[str | None, Field(max_length=64, description="hosted generator (GET /models); default: the service's")]
+VersionName = Annotated[str | None, Field(max_length=80, description="a version (<model>-v<N>); default: the active one")]
 I2IModelName = Annotated[str | None, Field(
     max_length=64, description="hosted image-to-image model (GET /models); default: LETHE_INPAINTER_MODEL")]
 PngImages = Annotated[list[str], Field(
@@ -71,14 +75,19 @@ def _models_view(registry: Registry, model: str) -> dict[str, Any]:
         versions.append({
             "version": m.version, "parent": m.parent, "status": m.status, "created_at": m.created_at,
             "spec": (m.spec or {}).get("name") if m.spec else None, "reason": m.reason,
-            "metrics": {k: after.get(k) for k in ("invalidity", "fid", "filtered_fid", "inception_score", "extractor",
-                                                  "forget", "retain")
+            "metrics": {k: after.get(k) for k in ("invalidity", "judge_invalidity", "fid", "filtered_fid",
+                                                  "inception_score", "extractor", "judged_by", "forget", "retain")
                         if k in after} or (m.metrics or {}).get("quality") or None,
         })
     image_to_image = bool(manifests) and manifests[-1].image_to_image
-    return {"model": model, "kind": "image-to-image" if image_to_image else "generator",
-            "routes": ["/inpaint"] if image_to_image else ["/generate", "/grid"],
-            "active": registry.active(model), "versions": versions}
+    domain = manifests[-1].domain_name if manifests else None
+    view = {"model": model, "domain": domain, "kind": "image-to-image" if image_to_image else "generator",
+            "routes": ["/inpaint"] if image_to_image else ["/generate", "/grid"], "versions": versions}
+    try:
+        view["active"] = registry.active(model)
+    except LetheError as exc:  # a garbled pointer: the other models, and this one's versions, still show
+        view["active"], view["problem"] = None, str(exc)
+    return view
 
 
 def public_app(registry: Registry, model: str) -> Starlette:
@@ -92,6 +101,8 @@ def public_app(registry: Registry, model: str) -> Starlette:
 _REGISTRY = Registry(SETTINGS.home)
 cancel_request_timers()
 log_refusals_without_tracebacks()
+escape_logged_client_text()
+label_request_metrics_by_route()
 
 
 @bentoml.asgi_app(AdminAPI(SETTINGS).app(), path="/admin")
@@ -137,11 +148,14 @@ class Lethe:
             return self.actives[model]
 
     @staticmethod
-    def _swapped(old: LoadedVersion | None, new: LoadedVersion) -> None:
+    def _swapped(old: LoadedVersion | None, new: LoadedVersion | None) -> None:
         m = metrics()
-        publish_version(new.manifest)
         if old is not None:
             m.active_model.labels(old.version).set(0)
+        if new is None:  # refusing: the active version cannot be served
+            return
+        publish_version(new.manifest)
+        if old is not None:
             m.swaps.inc()
         m.active_model.labels(new.version).set(1)
 
@@ -152,7 +166,8 @@ class Lethe:
         self.monitor.stop()
 
     def __is_ready__(self) -> bool:
-        """BentoML's /readyz: not ready while a model's active version cannot be loaded."""
+        """BentoML's /readyz: not ready while a model's active version cannot be served. Every
+        worker decides from the same files on disk, so every worker gives the same answer."""
         return all(active.ready for active in list(self.actives.values()))
 
     def _resolve(self, version: str | None, model: str | None, default: str) -> LoadedVersion:
@@ -183,7 +198,7 @@ class Lethe:
 
     @bentoml.api(route="/generate")
     def generate(
-        self, ctx: bentoml.Context, n: Count = 1, seed: Seed = None, version: str | None = None, model: ModelName = None,
+        self, ctx: bentoml.Context, n: Count = 1, seed: Seed = None, version: VersionName = None, model: ModelName = None,
     ) -> dict[str, Any]:
         """``n`` images as base64 PNGs, with the model and version that made them and the seed."""
         loaded, seed, images = self._sample(n, seed, version, model)
@@ -195,7 +210,7 @@ class Lethe:
 
     @bentoml.api(route="/grid")
     def grid(
-        self, ctx: bentoml.Context, n: Count = 64, seed: Seed = None, version: str | None = None, model: ModelName = None,
+        self, ctx: bentoml.Context, n: Count = 64, seed: Seed = None, version: VersionName = None, model: ModelName = None,
     ) -> Image.Image:
         """The same images as ``/generate``, as one PNG grid."""
         import torch
@@ -207,7 +222,7 @@ class Lethe:
 
     @bentoml.api(route="/inpaint")
     def inpaint(
-        self, ctx: bentoml.Context, images: PngImages, version: str | None = None, model: I2IModelName = None,
+        self, ctx: bentoml.Context, images: PngImages, version: VersionName = None, model: I2IModelName = None,
     ) -> dict[str, Any]:
         """Restore ``images`` with an image-to-image model: it erases its own degradation
         (a fixed mask or the centre) and fills it in. Base64 PNGs in, base64 PNGs out."""
@@ -252,3 +267,4 @@ def _client_errors():
 
 Lethe.add_asgi_middleware(BodySizeLimit, limit=SETTINGS.max_request_bytes, admin_limit=SETTINGS.max_upload_bytes)
 Lethe.add_asgi_middleware(ErrorBodyShape)
+Lethe.add_asgi_middleware(RelativeRedirects)

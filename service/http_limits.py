@@ -21,7 +21,12 @@ class RequestTooLarge(Exception):
 
 class BodySizeLimit:
     """413 when a request declares, or streams, more than its route's limit: ``admin_limit``
-    for ``/admin`` (uploads), ``limit`` for everything else (sampling bodies are tiny)."""
+    for ``/admin`` (uploads), ``limit`` for everything else (sampling bodies are tiny).
+
+    A body sent without a length (chunked) is counted as it arrives. Outside ``/admin`` it
+    is read here, up to ``limit``, before the route sees it: BentoML reads bodies itself
+    and turns an error raised while reading into a 500. The admin API streams uploads to
+    disk, and answers ``RequestTooLarge`` with 413 itself."""
 
     def __init__(self, app, limit: int, admin_limit: int, admin_prefix: str = "/admin"):
         self.app = app
@@ -42,6 +47,8 @@ class BodySizeLimit:
                 return await self._send(send, *_reply(400, "Content-Length is not a number"))
             if size > limit:
                 return await self._send(send, *_reply(413, f"request body of {size} bytes exceeds the limit of {limit} bytes"))
+        if not path.startswith(self.admin_prefix):
+            return await self._buffered(scope, receive, send, limit)
         received = 0
         started = False
 
@@ -65,6 +72,31 @@ class BodySizeLimit:
         except RequestTooLarge:
             if not started:
                 await self._send(send, *_reply(413, f"request body exceeds the limit of {limit} bytes"))
+
+    async def _buffered(self, scope, receive, send, limit: int):
+        """Read the whole body (at most ``limit`` bytes), then hand it to the app in one message."""
+        parts, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            part = message.get("body", b"")
+            size += len(part)
+            if size > limit:
+                return await self._send(send, *_reply(413, f"request body exceeds the limit of {limit} bytes"))
+            parts.append(part)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
+
+        await self.app(scope, replay, send)
 
     @staticmethod
     async def _send(send, status, headers, body):

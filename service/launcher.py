@@ -1,4 +1,5 @@
-"""``lethe serve``: bootstrap if needed, then run the BentoML server and the job worker
+"""``lethe serve``: bootstrap what ``LETHE_MODEL`` needs (its built-in domain and that domain's
+models) if it has no active version, then run the BentoML server and the job worker
 side by side, restarting the worker if it dies, stopping both on SIGTERM/SIGINT.
 
 The worker is started once the server is ready, with the server's
@@ -19,6 +20,7 @@ from pathlib import Path
 
 READY_TIMEOUT_S = 180.0
 WORKER_RESTART_S = 1.0
+TOKEN_FILE = "admin-token"
 
 
 def _bentoml_multiproc_dir() -> str:
@@ -59,19 +61,53 @@ def _stop(process: subprocess.Popen | None, timeout: float = 20.0) -> None:
         process.wait()
 
 
-def serve(*, port: int = 3000, host: str = "0.0.0.0", workers: int = 1, job_worker: bool = True) -> int:
+def admin_token_file(home: Path) -> tuple[Path, str]:
+    """The token ``lethe serve`` uses when ``LETHE_ADMIN_TOKEN`` is not set, and its file:
+    ``LETHE_HOME/admin-token``, read, or generated into it (mode 0600; never printed or
+    logged) when it is missing or empty."""
+    path = home / TOKEN_FILE
+    token = path.read_text().strip() if path.is_file() else ""
+    if not token:
+        token = secrets.token_urlsafe(24)
+        tmp = path.with_name(f".{TOKEN_FILE}-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (token + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    os.chmod(path, 0o600)
+    return path, token
+
+
+def serve(*, port: int = 3000, host: str = "127.0.0.1", workers: int = 1, job_worker: bool = True) -> int:
     from unlearning.bootstrap import bootstrap
+    from unlearning.domains import builtin_for_model
     from unlearning.registry import Registry
+    from unlearning.errors import LetheError
+    from unlearning.runtime import DEFAULT_MODEL
 
     registry = Registry()
-    if registry.active("digits") is None:
-        print("lethe: no active model yet; bootstrapping the embedded default first", file=sys.stderr)
-        bootstrap(registry)
+    model = os.environ.get("LETHE_MODEL", DEFAULT_MODEL)
+    try:
+        unbuilt = registry.active(model) is None
+    except LetheError as exc:  # a garbled pointer: serve, and let the service refuse saying why
+        print(f"lethe: {exc}", file=sys.stderr)
+        unbuilt = False
+    if unbuilt:
+        domain = builtin_for_model(model)
+        if domain is None:
+            print(f"lethe: model {model!r} has no active version and no built-in domain makes it: import it "
+                  "(`lethe import`) or bootstrap its domain first", file=sys.stderr)
+            return 2
+        print(f"lethe: no active {model!r} yet; bootstrapping domain {domain.name!r} first", file=sys.stderr)
+        bootstrap(registry, domain=domain.name)
     env = dict(os.environ, LETHE_HOME=str(registry.home), LETHE_WORKERS=str(workers))
     if not env.get("LETHE_ADMIN_TOKEN"):
-        env["LETHE_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
-        print(f"lethe: admin token (shown once, set LETHE_ADMIN_TOKEN to choose your own): "
-              f"{env['LETHE_ADMIN_TOKEN']}", file=sys.stderr, flush=True)
+        token_file, env["LETHE_ADMIN_TOKEN"] = admin_token_file(registry.home)
+        print(f"lethe: the admin token is in {token_file} (set LETHE_ADMIN_TOKEN to choose your own)",
+              file=sys.stderr, flush=True)
     bentoml = Path(sys.executable).with_name("bentoml")
     command = [str(bentoml), "serve", "service.app:Lethe", "--port", str(port), "--host", host]
     server = subprocess.Popen(command, env=env)

@@ -7,8 +7,9 @@ stay invisible to the multiprocess collector. Gauge modes:
 
 * per-version facts every worker agrees on (gate invalidity and its limit, FID): ``max``;
 * ``lethe_active_model_info``: ``livemax`` (1 while any live worker serves the version);
-* ``lethe_served_invalidity_ratio``: ``livemostrecent`` (each worker's monitor publishes
-  its recent window; ``lethe_served_checked_images_total`` and
+* ``lethe_served_invalidity_ratio`` (the spec's checks) and
+  ``lethe_served_judge_invalidity_ratio`` (the domain's judge): ``livemostrecent`` (each
+  worker's monitor publishes its recent window; ``lethe_served_checked_images_total`` and
   ``lethe_served_invalid_images_total`` add up exactly across workers for PromQL ratios).
 """
 
@@ -27,6 +28,11 @@ def metrics() -> SimpleNamespace:
             "lethe_model_invalidity_ratio", "Invalidity measured by the version's gates on fresh samples",
             ["model_version", "spec"], multiprocess_mode="max",
         ),
+        model_judge_invalidity=Gauge(
+            "lethe_model_judge_invalidity_ratio",
+            "Invalidity by the domain's judge (the spec's label-based checks asked of a classifier no method sees)",
+            ["model_version", "spec", "judge"], multiprocess_mode="max",
+        ),
         gate_max_invalidity=Gauge(
             "lethe_model_gate_max_invalidity", "The gate's max_invalidity in the spec that produced the version",
             ["model_version", "spec"], multiprocess_mode="max",
@@ -39,6 +45,11 @@ def metrics() -> SimpleNamespace:
             "lethe_served_invalidity_ratio",
             "Share of recently served images (monitored sample) that the forget checks call invalid",
             ["model_version", "spec"], multiprocess_mode="livemostrecent",
+        ),
+        served_judge_invalidity=Gauge(
+            "lethe_served_judge_invalidity_ratio",
+            "Share of recently served images (monitored sample) that the domain's judge puts in the forget set",
+            ["model_version", "spec", "judge"], multiprocess_mode="livemostrecent",
         ),
         served_checked=Counter(
             "lethe_served_checked_images", "Served images the online monitor checked", ["model_version", "spec"],
@@ -69,6 +80,9 @@ def publish_version(manifest) -> None:
     spec_name = (manifest.spec or {}).get("name", "") if manifest.spec else ""
     if after.get("invalidity") is not None and spec_name:
         m.model_invalidity.labels(manifest.version, spec_name).set(float(after["invalidity"]))
+    judge = (after.get("judged_by") or {}).get("judge_invalidity")
+    if after.get("judge_invalidity") is not None and spec_name and judge:
+        m.model_judge_invalidity.labels(manifest.version, spec_name, judge).set(float(after["judge_invalidity"]))
     limit = ((manifest.spec or {}).get("gates") or {}).get("max_invalidity")
     if limit is not None and spec_name:
         m.gate_max_invalidity.labels(manifest.version, spec_name).set(float(limit))

@@ -47,10 +47,11 @@ class OnlineMonitor:
         self.window = window
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
         self._rng = np.random.default_rng()
-        self._checks: dict[str, tuple[str, object, str]] = {}  # key -> (spec name, redaction set, model)
+        # key -> (spec name, redaction set, model, its mirror by the judge or None, the judge's name)
+        self._checks: dict[str, tuple[str, object, str, object, str]] = {}
         self._model_of: dict[str, str] = {}  # version -> model
         self._broken: set[str] = set()
-        self._windows: dict[tuple[str, str], _Window] = {}
+        self._windows: dict[tuple[str, ...], _Window] = {}  # (version, spec[, judge]) -> recent verdicts
         self._domains: dict[str, object] = {}  # dataset -> Domain
         self._refreshed = 0.0
         self._stop = threading.Event()
@@ -123,19 +124,19 @@ class OnlineMonitor:
                 continue
             try:
                 parent_manifest = self.registry.get(parent)
-                if parent_manifest.dataset not in self._domains:
+                name = parent_manifest.domain_name
+                if name not in self._domains:
                     import torch
 
-                    self._domains[parent_manifest.dataset] = load_domain(
-                        self.registry, parent_manifest, device=torch.device("cpu"))
-                domain = self._domains[parent_manifest.dataset]
+                    self._domains[name] = load_domain(self.registry, parent_manifest, device=torch.device("cpu"))
+                domain = self._domains[name]
                 spec = load_spec(spec_doc)
-                omega = prepare_redaction_set(spec, self.registry, domain,
-                                              self.registry.uploads(uploads) if uploads else None,
-                                              marks_from=parent)
-                if not omega.has_judge:
+                sets = prepare_redaction_set(spec, self.registry, domain,
+                                             self.registry.uploads(uploads) if uploads else None,
+                                             marks_from=parent)
+                if not sets.omega.has_judge:
                     raise ValueError("the spec has no check that can judge generated samples")
-                self._checks[key] = (spec.name, omega, self._model(parent))
+                self._checks[key] = (spec.name, sets.omega, self._model(parent), sets.judged, domain.judge_name)
             except Exception as exc:
                 self._broken.add(key)
                 log.warning("online monitor cannot watch spec %r: %s", spec_doc.get("name"), exc)
@@ -151,7 +152,7 @@ class OnlineMonitor:
         x = torch.from_numpy(images)
         model = self._model(version)
         with torch.no_grad():
-            for spec_name, omega, spec_model in list(self._checks.values()):
+            for spec_name, omega, spec_model, judged, judge_name in list(self._checks.values()):
                 if spec_model != model:
                     continue
                 invalid = omega.in_omega(x).cpu().numpy()
@@ -159,3 +160,7 @@ class OnlineMonitor:
                 m.served_checked.labels(version, spec_name).inc(len(invalid))
                 m.served_invalid.labels(version, spec_name).inc(int(invalid.sum()))
                 m.served_invalidity.labels(version, spec_name).set(ratio)
+                if judged is not None:
+                    by_judge = judged.in_omega(x).cpu().numpy()
+                    window = self._windows.setdefault((version, spec_name, judge_name), _Window(self.window))
+                    m.served_judge_invalidity.labels(version, spec_name, judge_name).set(window.add(by_judge))

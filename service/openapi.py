@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from unlearning.store import AUDIT_MAX_LIMIT, AuditEntry, JobRecord
+from unlearning.store import AUDIT_ACTIONS, AUDIT_MAX_LIMIT, JOB_STATES, AuditEntry, JobRecord
 
 _REF = "#/components/schemas/{model}"
 
@@ -87,16 +87,29 @@ def admin_openapi() -> dict[str, Any]:
                                                      "description": "an uploaded file the spec names"}},
                     },
                     "application/json": {"schema": spec},
+                    "application/yaml": {"schema": spec},
                 }},
                 "responses": {"202": submitted, "400": _error("the spec or an upload is invalid (named)"),
                               "401": unauthorised, "404": _error("unknown parent version or model"),
                               "409": _error("the parent version is corrupted"),
-                              "413": _error("the request is too large"), "415": _error("not multipart or JSON"),
+                              "413": _error("the request is too large"),
+                              "415": _error("not multipart, JSON or YAML"),
+                              "429": _error("as many jobs are queued as LETHE_MAX_QUEUED_JOBS allows"),
                               "503": _error("the job store is busy; retry")},
             },
-            "get": {"operationId": "list_redactions", "summary": "The latest 100 jobs, newest first",
-                    "responses": {"200": _json("jobs", {"type": "object", "properties": {
-                        "jobs": {"type": "array", "items": job_view}}}), "401": unauthorised}},
+            "get": {"operationId": "list_redactions", "summary": "Jobs, newest first, a page at a time",
+                    "parameters": [
+                        _query("limit", "jobs per page (default 100, at most 1000)",
+                               {"type": "integer", "minimum": 1, "maximum": 1000}),
+                        _query("before", "a job id: the page of jobs submitted before it (the `next` link)",
+                               {"type": "string"}),
+                        _query("state", "only jobs in this state", {"type": "string", "enum": list(JOB_STATES)}),
+                    ],
+                    "responses": {"200": _json("jobs", {"type": "object", "required": ["jobs"], "properties": {
+                        "jobs": {"type": "array", "items": job_view},
+                        "next": {"type": "string", "description": "the next page, while there may be one"}}}),
+                        "400": _error("a bad query parameter (named)"), "401": unauthorised,
+                        "404": _error("`before` names no job")}},
         },
         "/admin/redactions/{job_id}": {"get": {
             "operationId": "get_redaction", "summary": "One job: state, progress, metrics, gates",
@@ -127,7 +140,7 @@ def admin_openapi() -> dict[str, Any]:
                        {"type": "integer", "minimum": 1, "maximum": AUDIT_MAX_LIMIT}),
                 _query("since_seq", "only entries after this sequence number (to tail the log)",
                        {"type": "integer", "minimum": 0}),
-                _query("action", "only this action", {"type": "string"}),
+                _query("action", "only this action", {"type": "string", "enum": list(AUDIT_ACTIONS)}),
                 _query("job_id", "only this job's entries", {"type": "string"}),
             ],
             "responses": {"200": _json("entries", {"type": "object", "properties": {

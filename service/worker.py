@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.settings import DEFAULT_JOB_STALL_S
+from service.uploads import remove_ended, sweep as sweep_uploads
 from unlearning.errors import CancelledError, LetheError
 from unlearning.store import (
     FINAL_STATES, JobFinishedError, JobRecord, JobStore, JobStoreBusyError, JobStoreError, StoredVersion,
@@ -68,6 +69,7 @@ def until_reachable(call, what: str, timeout_s: float = STORE_RETRY_S):
                 log.warning("%s: %s; retrying until it is back", what, exc)
                 warned = True
             time.sleep(1.0)
+VALIDATION_STAGES = frozenset({"validating", "attack", "done"})
 
 
 class _JobCallbacks:
@@ -80,6 +82,7 @@ class _JobCallbacks:
         self._last_cancel_check = 0.0
         self._cancelled = False
         self._away = False  # the last progress report could not be written
+        self._validating = False
 
     def progress(self, fraction: float, info: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -88,7 +91,10 @@ class _JobCallbacks:
         if now - self._last_progress < PROGRESS_EVERY_S and fraction < 1.0 and "invalidity" not in info:
             return
         self._last_progress = now
-        state = "validating" if stage in ("validating", "done") else "running"
+        # validating covers every stage after training (the gates' sampling, the attack check,
+        # done); the store never moves a validating job back to running either
+        self._validating = self._validating or stage in VALIDATION_STAGES
+        state = "validating" if self._validating else "running"
         try:
             self.store.report_progress(self.job_id, fraction, info, state=state)
         except JobFinishedError:
@@ -350,6 +356,12 @@ def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False, stall_s: 
                             "recovering interrupted jobs")
     if ended:
         log.warning("ended %d job(s) interrupted by a previous crash: %s", len(ended), ", ".join(ended))
+    for job_id in ended:
+        _remove_uploads(store, job_id, home)
+    try:
+        sweep_uploads(store, home / "uploads")  # what a crash left: of jobs that ended, of unfinished requests
+    except LetheError as exc:
+        log.warning("cannot look for leftover uploads now: %s", exc)
     last_recover = time.monotonic()
     unreachable = False
 
@@ -378,17 +390,18 @@ def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False, stall_s: 
                 return
             if not unreachable and time.monotonic() - last_recover > RECOVER_EVERY_S:
                 last_recover = time.monotonic()
-                _end_silent_jobs(store, registry, stall_s)
+                _end_silent_jobs(store, registry, stall_s, home)
             stopping.wait(poll_s)
             continue
         log.info("job %s: %s", job.id, job.spec_name)
         record = run_job_isolated(store, job, home, stall_s=stall_s)
         log.info("job %s ended %s%s", job.id, record.state, f": {record.reason}" if record.reason else "")
+        remove_ended(record, home / "uploads")
         if once:
             return
 
 
-def _end_silent_jobs(store: JobStore, registry: Registry, stall_s: float) -> None:
+def _end_silent_jobs(store: JobStore, registry: Registry, stall_s: float, home: Path) -> None:
     """End any active job whose heartbeats stopped well past the stall limit, whoever
     claimed it: its worker died with it (on another host, or killed with its instance),
     and would otherwise hold the one-job lock for ever."""
@@ -400,6 +413,16 @@ def _end_silent_jobs(store: JobStore, registry: Registry, stall_s: float) -> Non
         return
     if ended:
         log.warning("ended %d job(s) whose worker stopped sending heartbeats: %s", len(ended), ", ".join(ended))
+    for job_id in ended:
+        _remove_uploads(store, job_id, home)
+
+
+def _remove_uploads(store: JobStore, job_id: str, home: Path) -> None:
+    """Delete the uploads of a job that ``recover`` ended (when it ended unserved)."""
+    try:
+        remove_ended(store.get(job_id), home / "uploads")
+    except LetheError as exc:  # the database went away again: the next start's sweep removes them
+        log.warning("the uploads of job %s stay for now: %s", job_id, exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,18 @@
-"""Shared fixtures: real LETHE_HOMEs on disk, bootstrapped once per test session.
+"""Shared fixtures: real LETHE_HOMEs on disk, built once per test session.
 
 ``base_home`` is the embedded default exactly as `lethe bootstrap` builds it (full
-pre-training: a few minutes on 2 cores); ``quick_home`` is a 2-epoch bootstrap for tests
-of error paths that need a registry but not a good model. Tests that change state work
-on a copy (``base_copy`` / ``quick_copy``). A developer may set ``LETHE_TEST_BASE_HOME`` to
-a home `lethe bootstrap` already built: it is copied, and bootstrap adds what it lacks."""
+pre-training: a few minutes on 2 cores); ``quick_home`` shares its domain (guide and judge)
+and its VAE and inpainter, with a 2-epoch DCGAN, for tests of error paths that need a
+registry but not a good generator; ``fashion_home`` holds the Fashion-MNIST domain and its
+base DCGAN, registered from committed weights (``tests/fashion.py``). Tests that change
+state work on a copy (``base_copy`` / ``quick_copy`` / ``fashion_copy``). A developer may set
+``LETHE_TEST_BASE_HOME`` (``LETHE_TEST_QUICK_HOME``, ``LETHE_TEST_FASHION_HOME``) to a home
+already built: it is copied, and what it lacks is added."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -35,8 +39,30 @@ def base_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def quick_home(tmp_path_factory) -> Path:
-    return _bootstrapped(tmp_path_factory.mktemp("quick"), 2)
+def quick_home(tmp_path_factory, base_home) -> Path:
+    home = tmp_path_factory.mktemp("quick") / "home"
+    reuse = os.environ.get("LETHE_TEST_QUICK_HOME")
+    if reuse:
+        shutil.copytree(reuse, home)
+    else:  # everything of the base but its DCGAN, which bootstrap then trains for 2 epochs
+        base = Registry(base_home)
+        shutil.copytree(base_home, home, ignore=lambda folder, names: [
+            n for n in names if re.fullmatch(r"digits-v\d+|digits\.json|jobs\.sqlite.*", n)])
+        assert base.active("digits") and Registry(home).active("digits") is None
+    bootstrap(Registry(home), epochs=2, show_progress=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def fashion_home(tmp_path_factory) -> Path:
+    from fashion import build_fashion_home
+
+    home = tmp_path_factory.mktemp("fashion") / "home"
+    reuse = os.environ.get("LETHE_TEST_FASHION_HOME")
+    if reuse:
+        shutil.copytree(reuse, home)
+        return home
+    return build_fashion_home(home)
 
 
 def _copy(home: Path, tmp_path: Path, monkeypatch) -> Path:
@@ -54,6 +80,11 @@ def base_copy(base_home, tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def quick_copy(quick_home, tmp_path, monkeypatch) -> Path:
     return _copy(quick_home, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def fashion_copy(fashion_home, tmp_path, monkeypatch) -> Path:
+    return _copy(fashion_home, tmp_path, monkeypatch)
 
 
 def snapshot(home: Path) -> dict[str, bytes]:

@@ -27,7 +27,7 @@ FINAL = {"promoted", "rejected", "failed", "cancelled"}
 QUICK_SPEC = {"sets": [{"kind": "classifier", "classifier": "digits", "score": {"type": "one_minus_prob", "label": 0},
                         "tau": 0.5}],
               "hyperparameters": {"epochs": 1, "monitor_samples": 200},
-              "gates": {"eval_samples": 200, "max_invalidity": 1.0, "max_fid_increase": 1e6,
+              "gates": {"eval_samples": 200, "max_invalidity": 1.0, "max_fid_ratio": None,
                         "min_class_share_ratio": 0.0}}
 
 
@@ -39,15 +39,17 @@ def free_port() -> int:
 
 class LetheServer:
     def __init__(self, home: Path, bentoml_home: Path, *, workers: int = 2, env: dict[str, str] | None = None,
-                 job_worker: bool = True):
+                 job_worker: bool = True, host: str | None = "127.0.0.1"):
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = bentoml_home.parent / f"serve-{self.port}.log"
-        self.env = dict(os.environ, LETHE_HOME=str(home), BENTOML_HOME=str(bentoml_home),
-                        LETHE_ADMIN_TOKEN=TOKEN, LETHE_SWAP_POLL_S="0.2", **(env or {}))
+        self.env = {**os.environ, "LETHE_HOME": str(home), "BENTOML_HOME": str(bentoml_home),
+                    "LETHE_ADMIN_TOKEN": TOKEN, "LETHE_SWAP_POLL_S": "0.2", **(env or {})}
         self.workers = workers
         self.job_worker = job_worker
+        self.host = host  # None: `lethe serve`'s default
+        self.token = self.env["LETHE_ADMIN_TOKEN"] or None  # None: read from the file `lethe serve` writes
         self.process: subprocess.Popen | None = None
         self.client = httpx.Client(base_url=self.url, timeout=120)
 
@@ -57,8 +59,8 @@ class LetheServer:
         lethe = Path(sys.executable).with_name("lethe")
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [str(lethe), "serve", "--port", str(self.port), "--workers", str(self.workers), "--host", "127.0.0.1",
-             *([] if self.job_worker else ["--no-job-worker"])],
+            [str(lethe), "serve", "--port", str(self.port), "--workers", str(self.workers),
+             *(["--host", self.host] if self.host else []), *([] if self.job_worker else ["--no-job-worker"])],
             env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 180
@@ -67,6 +69,8 @@ class LetheServer:
             try:
                 if self.client.get("/readyz" if ready else "/livez", timeout=2).status_code == 200 and (
                         self.job_worker_pid() or not self.job_worker):
+                    if self.token is None:
+                        self.token = (self.home / "admin-token").read_text().strip()
                     return self
             except httpx.HTTPError:
                 pass
@@ -167,7 +171,7 @@ class LetheServer:
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {TOKEN}"}
+        return {"Authorization": f"Bearer {self.token}"}
 
     def submit(self, spec: dict, files: dict[str, bytes] | None = None) -> httpx.Response:
         import json

@@ -7,6 +7,7 @@ recorded with the actor, spec hash and versions, and ``GET /admin/audit`` serves
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -284,7 +285,9 @@ def test_admin_actions_are_in_the_audit_trail(server):
     from serving import TOKEN
     from unlearning.spec import load_spec, spec_hash
 
-    actor = "token:" + hashlib.sha256(f"Bearer {TOKEN}".encode()).hexdigest()[:12]
+    # a keyed hash of the token (the home's audit.key), never a plain hash of the header
+    key = (server.home / "audit.key").read_bytes()
+    actor = "token:" + hmac.new(key, TOKEN.encode(), hashlib.sha256).hexdigest()[:16]
     get = lambda **params: server.client.get("/admin/audit", params=params, headers=server.auth)  # noqa: E731
 
     for headers in ({}, {"Authorization": "Bearer wrong"}):

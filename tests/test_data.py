@@ -220,7 +220,7 @@ def test_image_folder_problems(tmp_path: Path) -> None:
     with pytest.raises(InputDataError, match="class folder 'b' has no PNG images"):
         load_image_folder(tmp_path)
     (tmp_path / "b" / "y.png").write_bytes(png_of(np.zeros((5, 5), np.uint8)))
-    with pytest.raises(InputDataError, match="different sizes"):
+    with pytest.raises(InputDataError, match="'b/y.png' is 5x5 pixels but 'a/x.png' is 4x4"):
         load_image_folder(tmp_path)
     (tmp_path / "b" / "y.png").write_text("hello")
     with pytest.raises(InputDataError, match=r"'b/y.png' is not a PNG"):

@@ -5,10 +5,11 @@ on disk), each ending with the service answering again:
   starts a replacement, and the replacement answers;
 * kill -9 of the whole server in the middle of a promotion: on restart the active pointer
   names a complete version whose files match their checksums, and the next job works;
-* a version file corrupted on disk: activating it is refused with the file named, a pointer
-  moved onto it by hand is not followed (the previous version keeps serving), and a restart
-  with it active is not ready and refuses to sample, naming the file, instead of serving
-  an older version, until the file is restored or another version is activated;
+* a version file corrupted on disk: activating it is refused with the file named; with a
+  pointer moved onto it by hand, with the served version's own file corrupted, with a
+  garbled pointer, after a worker is replaced and after a restart, every worker answers
+  alike (not ready, 409 naming the file), never with an older version, until the file is
+  restored or another version is activated;
 * the disk filling up during a job: the job fails naming the full disk, nothing
   half-written is visible, the service keeps serving, and once space is freed a job works;
 * a job's own process killed (as the out-of-memory killer would), or hung: that job fails
@@ -234,31 +235,91 @@ def move_pointer_by_hand(home: Path, version: str) -> None:
     os.replace(tmp, home / "active" / "digits.json")
 
 
-def test_a_corrupted_version_file_is_refused_and_the_previous_version_keeps_serving(quick_home, tmp_path):
+def fresh_answers(server, count: int = 24) -> set[tuple[int, int, str]]:
+    """(readyz status, /generate status, what /generate said) over fresh connections, so
+    that every serving worker answers some of them."""
+    seen = set()
+    for _ in range(count):
+        ready = httpx.get(f"{server.url}/readyz", headers={"Connection": "close"}, timeout=30).status_code
+        reply = httpx.post(f"{server.url}/generate", json={"n": 1, "seed": 0}, headers={"Connection": "close"},
+                           timeout=30)
+        said = reply.json()["model_version"] if reply.status_code == 200 else reply.json()["error"]
+        seen.add((ready, reply.status_code, said))
+    return seen
+
+
+def refusing(server, problem: str) -> bool:
+    return fresh_answers(server, 6) == {(503, 409, problem)}
+
+
+def serving(server, version: str) -> bool:
+    return fresh_answers(server, 6) == {(200, 200, version)}
+
+
+def test_a_corrupted_version_file_is_refused_by_every_worker_alike(quick_home, tmp_path):
+    """What a worker does with the next request depends only on the files on disk, so every
+    worker (and a replacement, and a restart) answers alike: the active version, or a
+    refusal naming the bad file (409, not ready), never an older version from memory."""
     home = _home(quick_home, tmp_path)
     registry = Registry(home)
     good = registry.active("digits")
     bad = copy_version(home, good)
     flip_a_byte(home / "versions" / bad / "generator.onnx")
     named = f"{bad}/generator.onnx: checksum mismatch"
+    refused = (f"the active version {bad!r} of 'digits' cannot be served: {named} "
+               "(file changed or corrupted on disk)")
 
-    server = LetheServer(home, tmp_path / "bentoml-1", workers=2, job_worker=False).start()
+    server = LetheServer(home, tmp_path / "bentoml-1", workers=2, job_worker=False,
+                         env={"LETHE_SWAP_RETRY_S": "1"}).start()
     try:
         reply = server.activate(bad)
         assert reply.status_code == 409 and named in reply.json()["error"], reply.text
         assert registry.active("digits") == good
-
         reply = server.generate(n=1, seed=0, version=bad)
         assert reply.status_code == 409 and named in reply.text, reply.text
 
+        # a pointer moved onto it by hand: every worker refuses, as one started now would
         move_pointer_by_hand(home, bad)
-        deadline = time.monotonic() + 3.0  # 15 swap polls of every worker
-        while time.monotonic() < deadline:
-            reply = server.generate(n=2, seed=1)
-            assert reply.status_code == 200 and reply.json()["model_version"] == good, reply.text
-        assert server.client.get("/readyz").status_code == 200  # it still serves what it had
-        wait_until(lambda: f"cannot serve {bad}" in server.log_path.read_text(errors="replace"), 10,
-                   "the refusal logged")
+        wait_until(lambda: refusing(server, refused), 10, "every worker refusing the corrupted version")
+        assert fresh_answers(server) == {(503, 409, refused)}
+        assert server.activate(good).status_code == 200  # the operator rolls back: no restart needed
+        wait_until(lambda: serving(server, good), 10, "every worker serving the good version again")
+
+        # the served version's own file corrupted on disk: every worker stops serving it
+        good_file = home / "versions" / good / "generator.onnx"
+        flip_a_byte(good_file)
+        own = (f"the active version {good!r} of 'digits' cannot be served: {good}/generator.onnx: checksum "
+               "mismatch (file changed or corrupted on disk)")
+        wait_until(lambda: refusing(server, own), 10, "every worker refusing the version it had in memory")
+        # one worker killed: its replacement, which can load nothing, answers like the other
+        victim = server.serving_worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(set(server.serving_worker_pids()) - {victim}) == 2, 90, "a replacement worker")
+        wait_until(lambda: server.log_path.read_text(errors="replace").count(f"not serving 'digits': {own}") >= 3, 90,
+                   "the replacement refusing as it started")
+        assert fresh_answers(server) == {(503, 409, own)}
+        flip_a_byte(good_file)  # restored from a backup: every worker serves it again
+        wait_until(lambda: serving(server, good), 10, "every worker serving the restored version")
+        assert fresh_answers(server) == {(200, 200, good)}
+
+        # a garbled pointer: /models still answers, every worker refuses saying why, once
+        pointer = home / "active" / "digits.json"
+        kept = pointer.read_bytes()
+        pointer.write_text("{garbled")
+        garbled = "the active pointer of 'digits' cannot be read: active/digits.json: unreadable pointer"
+        wait_until(lambda: all(ready == 503 and status == 409 and said.startswith(garbled)
+                               for ready, status, said in fresh_answers(server, 6)), 10, "refusing a garbled pointer")
+        models = server.client.get("/models")
+        assert models.status_code == 200, models.text
+        digits, = [m for m in models.json()["models"] if m["model"] == "digits"]
+        assert digits["active"] is None and digits["problem"].startswith("active/digits.json: unreadable pointer")
+        time.sleep(2.0)  # 10 polls of every worker: logged once each, not at every poll
+        assert server.log_path.read_text(errors="replace").count(f"not serving 'digits': {garbled}") == 2
+        pointer.write_bytes(kept)
+        wait_until(lambda: serving(server, good), 10, "serving once the pointer is readable again")
+        move_pointer_by_hand(home, bad)  # for the restart below
+        wait_until(lambda: refusing(server, refused), 10, "refusing the corrupted version again")
+        assert "Traceback" not in server.log_path.read_text(errors="replace")
     finally:
         server.stop()
 
@@ -272,8 +333,7 @@ def test_a_corrupted_version_file_is_refused_and_the_previous_version_keeps_serv
                    "the launcher saying why it is not ready")
         reply = restarted.generate(n=1, seed=0)
         assert reply.status_code == 409, reply.text
-        assert f"the active version {bad!r} of 'digits' cannot be served" in reply.text and named in reply.text
-        assert "Traceback" not in reply.text
+        assert reply.json()["error"] == refused and "Traceback" not in reply.text
 
         flip_a_byte(home / "versions" / bad / "generator.onnx")  # restored from a backup: retried, served
         restarted.wait_serving(bad, timeout=10)

@@ -22,6 +22,7 @@ from unlearning.store import (
     JobRecord,
     JobStore,
     JobStoreError,
+    QueueFullError,
     SqliteJobStore,
     StoredVersion,
     StoreUnavailableError,
@@ -187,6 +188,21 @@ def test_processes_racing_never_run_two_jobs_at_once(store, tmp_path):
     assert {j.state for j in store.list()} == {"promoted"}
 
 
+def test_the_queue_limit_and_pages(store):
+    jobs = [_submit(store, name) for name in "abc"]
+    with pytest.raises(QueueFullError, match="3 jobs are queued"):
+        store.submit(dict(SPEC, name="d"), spec_hash="hash-d", max_queued=3)
+    assert len(store.list()) == 3  # refused in the transaction: nothing stored
+    store.claim_next("w:1")  # a running job is not queued
+    assert store.submit(dict(SPEC, name="d"), spec_hash="hash-d", max_queued=3).state == "queued"
+    newest_first = [j.id for j in store.list()]
+    assert newest_first[1:] == [j.id for j in jobs[::-1]]
+    assert [j.id for j in store.list(limit=2, before=newest_first[1])] == newest_first[2:]
+    assert [j.id for j in store.list(states=["queued"], before=newest_first[0])] == [jobs[2].id, jobs[1].id]
+    with pytest.raises(NotFoundError, match="'nope' not found"):
+        store.list(before="nope")
+
+
 def test_cancel_queued_job(store):
     job = _submit(store)
     cancelled = store.cancel(job.id)
@@ -242,11 +258,16 @@ def test_progress_is_visible(store):
     assert seen.state == "validating" and seen.progress == 1.0  # clamped
     assert seen.progress_info == {"stage": "validating", "fid": None}  # new stage, NaN -> null
 
+    # the attack check reports a stage of its own while validating: the job stays validating
+    store.report_progress(job.id, 0.9, {"stage": "attack"}, state="running")
+    seen = store.get(job.id)
+    assert seen.state == "validating" and seen.progress_info == {"stage": "attack"}
+
     store.finish(job.id, "failed", reason="boom")
     store.report_progress(job.id, 0.5, {"stage": "late"})  # ignored once ended
     store.heartbeat(job.id)
     seen = store.get(job.id)
-    assert seen.state == "failed" and seen.progress_info["stage"] == "validating"
+    assert seen.state == "failed" and seen.progress_info["stage"] == "attack"
 
 
 def test_recover_fails_jobs_of_dead_workers_only(store):

@@ -15,7 +15,8 @@ import pytest
 
 from backends import TcpProxy
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
-from unlearning.registry import Registry, StorageUnavailableError
+from unlearning.registry import Registry
+from unlearning.store import StorageUnavailableError
 
 
 def _writer(text: str, size: int = 0):

@@ -1,8 +1,11 @@
-"""``lethe bootstrap``: the embedded default, built from data that ships with the
-dependencies (scikit-learn's digits). Trains the digit classifier, the base DCGAN
-(model ``digits``), the base VAE (model ``digits-vae``, its decoder is the generator) and
-an inpainter (model ``digits-inpainter``, image-to-image, served at ``POST /inpaint``),
-registers them and makes each base version active. Idempotent: what exists is kept."""
+"""``lethe bootstrap [--domain NAME]``: a domain and its base models, built from data that
+ships with the dependencies or Debian (``unlearning.domains``). For a built-in domain:
+register the domain (its guide and judge) if missing, then train, register and activate
+each of its models that has no active version. A domain registered with ``lethe domain
+add`` gets a DCGAN named after it. Idempotent: what exists is kept.
+
+Schedules: each recipe has a CPU schedule (the default without CUDA) and the full one,
+used when CUDA is present; ``epochs`` overrides both."""
 
 from __future__ import annotations
 
@@ -14,141 +17,149 @@ from typing import Any
 
 import torch
 
-from unlearning.data import DIGIT_LABELS, digits_splits
-from unlearning.evaluation import judge, judge_inpainter, load_domain
+from unlearning.domains import BUILTIN_DOMAINS, DEFAULT_DOMAIN, BuiltinDomain, ModelRecipe
+from unlearning.domains.loaded import Domain, load_domain
+from unlearning.domains.register import register_domain
+from unlearning.errors import LetheError, NotFoundError
+from unlearning.evaluation import judge, judge_inpainter
 from unlearning.export import check_inpainter_parity, check_onnx_parity, export_generator_onnx, export_inpainter_onnx
 from unlearning.methods.adversarial import AdversarialSettings
-from unlearning.models import ClassifierConfig, DCGANConfig
+from unlearning.models import DCGANConfig
 from unlearning.models.io import save_model
-from unlearning.models.inpainter import InpainterConfig
-from unlearning.models.vae import VAEConfig
-from unlearning.pretrain import (
-    PRETRAIN_SETTINGS, InpainterTraining, VAETraining, pretrain_gan, train_classifier, train_inpainter, train_vae,
-)
+from unlearning.pretrain import pretrain_gan, train_inpainter, train_vae
 from unlearning.progress import progress_bar
-from unlearning.registry import Registry
+from unlearning.registry import INPAINTER, Registry, VersionManifest
 from unlearning.runtime import pick_device
 
-MODEL = "digits"
-VAE_MODEL = "digits-vae"
-INPAINTER_MODEL = "digits-inpainter"
-CLASSIFIER = "digits"
-DATASET = "digits"
-MIN_HELD_OUT_ACCURACY = 0.97
 EVAL_SAMPLES = 10_000
 
 
 def bootstrap(
     registry: Registry | None = None,
     *,
+    domain: str = DEFAULT_DOMAIN,
+    models: list[str] | None = None,
     epochs: int | None = None,
     seed: int = 0,
     device: torch.device | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Build what is missing of the embedded default; return what exists and what was built."""
+    """Build what is missing of ``domain`` (and of ``models`` among its recipes, default:
+    all); return what exists and what was built."""
     registry = registry or Registry()
     device = device or pick_device()
-    train, held_out = digits_splits()
-    summary: dict[str, Any] = {"built": []}
-
-    known = {c.name for c in registry.list_classifiers()}
-    if CLASSIFIER not in known:
-        config = ClassifierConfig(resolution=8, channels=1, num_classes=10, labels=DIGIT_LABELS)
-        with progress_bar("digit classifier", show_progress) as callbacks:
-            classifier, metrics = train_classifier(train, held_out, config, callbacks=callbacks, device=device)
-        registry.register_classifier(CLASSIFIER, classifier, metrics, labels=DIGIT_LABELS)
-        summary["built"].append(f"classifier {CLASSIFIER}")
-    summary["classifier"] = registry.get_classifier(CLASSIFIER).metrics
-
-    if registry.active(MODEL) is None:
-        settings = PRETRAIN_SETTINGS if epochs is None else PRETRAIN_SETTINGS.model_copy(update={"epochs": epochs})
-        settings = settings.model_copy(update={"seed": seed})
-        started = time.monotonic()
-        with progress_bar(f"base DCGAN ({settings.epochs} epochs)", show_progress) as callbacks:
-            result = pretrain_gan(train.images, DCGANConfig(resolution=8, channels=1), settings,
-                                  callbacks=callbacks, device=device)
-        wall = time.monotonic() - started
-        manifest = _register_base(registry, result, settings, wall, device)
-        summary["built"].append(f"generator {manifest.version}")
-    if registry.active(VAE_MODEL) is None:
-        vae_settings = VAETraining(seed=seed) if epochs is None else VAETraining(seed=seed, epochs=epochs)
-        started = time.monotonic()
-        with progress_bar(f"base VAE ({vae_settings.epochs} epochs)", show_progress) as callbacks:
-            decoder, encoder, stats = train_vae(train.images, VAEConfig(resolution=8, channels=1), vae_settings,
-                                                callbacks=callbacks, device=device)
-        pretraining = {"epochs": vae_settings.epochs, "wall_time_s": time.monotonic() - started,
-                       "device": str(device), "settings": vae_settings.model_dump(), **stats}
-        manifest = _register(registry, VAE_MODEL, {"generator": decoder, "encoder": encoder}, pretraining, device)
-        summary["built"].append(f"generator {manifest.version}")
-    if registry.active(INPAINTER_MODEL) is None:
-        settings = InpainterTraining(seed=seed) if epochs is None else InpainterTraining(seed=seed, epochs=epochs)
-        started = time.monotonic()
-        with progress_bar(f"inpainter ({settings.epochs} epochs)", show_progress) as callbacks:
-            inpainter, stats = train_inpainter(train.images, InpainterConfig(resolution=8, channels=1), settings,
-                                               callbacks=callbacks, device=device)
-        pretraining = {"epochs": settings.epochs, "wall_time_s": time.monotonic() - started,
-                       "device": str(device), "settings": settings.model_dump(), **stats}
-        manifest = _register_inpainter(registry, inpainter, pretraining, held_out.images, device)
-        summary["built"].append(f"image-to-image {manifest.version}")
-    version = registry.active(MODEL)
-    summary["active"] = version
-    summary["generator"] = registry.get(version).metrics
-    summary["models"] = {name: registry.active(name) for name in (MODEL, VAE_MODEL, INPAINTER_MODEL)}
+    builtin = BUILTIN_DOMAINS.get(domain)
+    summary: dict[str, Any] = {"domain": domain, "built": []}
+    if builtin is not None:
+        if not any(d.name == domain for d in registry.list_domains()):
+            _register_builtin(registry, builtin, device, show_progress)
+            summary["built"].append(f"domain {domain} (guide {builtin.guide!r} and judge)")
+        recipes = builtin.models
+    else:
+        recipes = (default_recipe(registry, domain),)
+    if models is not None:
+        unknown = set(models) - {r.model for r in recipes}
+        if unknown:
+            raise LetheError(f"domain {domain!r} builds {', '.join(r.model for r in recipes)}, "
+                             f"not {', '.join(sorted(unknown))}")
+        recipes = tuple(r for r in recipes if r.model in models)
+    manifest = registry.get_domain(domain)
+    summary["guide"] = registry.get_classifier(manifest.guide).metrics
+    summary["judge"] = manifest.metrics.get("judge")
+    for recipe in recipes:
+        if registry.active(recipe.model) is None:
+            version = build_model(registry, domain, recipe, epochs=epochs, seed=seed, device=device,
+                                  show_progress=show_progress)
+            summary["built"].append(f"{recipe.family} {version.version}")
+    summary["models"] = {r.model: registry.active(r.model) for r in recipes}
     return summary
 
 
-def _register_base(registry: Registry, result, settings: AdversarialSettings, wall: float, device):
-    pretraining = {
-        "epochs": settings.epochs, "iterations": result.stats["iterations"],
-        "d_steps": result.stats["d_steps"], "g_steps": result.stats["g_steps"],
-        "wall_time_s": wall, "device": str(device), "settings": settings.model_dump(),
-    }
-    components = {"generator": result.gan.generator, "discriminator": result.gan.discriminator}
-    return _register(registry, MODEL, components, pretraining, device)
+def _register_builtin(registry: Registry, builtin: BuiltinDomain, device: torch.device, show_progress: bool) -> None:
+    if any(c.name == builtin.guide for c in registry.list_classifiers()):
+        raise LetheError(f"this LETHE_HOME has a classifier {builtin.guide!r} but no domain {builtin.name!r}: it "
+                         "was made before domains (a guide and a judge trained apart); bootstrap a new LETHE_HOME")
+    references = builtin.references()
+    train, held_out = builtin.load()
+    register_domain(registry, builtin.name, train, held_out, builtin.labels, guide=builtin.guide,
+                    builtin=builtin.name, references=references, guide_training=builtin.guide_training,
+                    judge_training=builtin.judge_training, min_accuracy=builtin.min_accuracy, device=device,
+                    show_progress=show_progress, source=f"built-in {builtin.name}")
 
 
-def _register(registry: Registry, model: str, components: dict[str, torch.nn.Module], pretraining: dict[str, Any],
-              device: torch.device):
-    """Register a base version (its components, the generator's ONNX, parity, quality) and activate it."""
-    generator = components["generator"]
+def default_recipe(registry: Registry, domain: str) -> ModelRecipe:
+    """The DCGAN a registered (non-built-in) domain gets: named after the domain, sized to
+    its images, pre-trained on the paper's loss for about 4,000 mini-batch iterations."""
+    try:
+        manifest = registry.get_domain(domain)
+    except NotFoundError:
+        known = ", ".join(sorted(BUILTIN_DOMAINS))
+        raise NotFoundError(f"domain {domain!r} is neither built in ({known}) nor registered "
+                            "(`lethe domain add`)") from None
+    c, h, _ = manifest.image_shape
+    batches = max(1, manifest.sizes.get("train", 1) // 64)
+    epochs = max(10, min(200, 4000 // batches))
+    settings = AdversarialSettings(epochs=epochs, alpha_pos=0.9, alpha_neg=0.1, lam=1.0, g_steps=1, ema_decay=0.999)
+    return ModelRecipe(domain, "dcgan", DCGANConfig(resolution=h, channels=c), settings)
+
+
+def build_model(
+    registry: Registry, domain: str, recipe: ModelRecipe, *, epochs: int | None, seed: int,
+    device: torch.device, show_progress: bool = True,
+) -> VersionManifest:
+    """Train ``recipe`` on ``domain``'s training split, register it as a promoted base
+    version with its quality (by the judge), and activate it."""
+    data = load_domain(registry, domain, device=device)
+    settings = recipe.settings(cuda=device.type == "cuda", epochs=epochs, seed=seed)
+    started = time.monotonic()
+    label = f"{recipe.model}: {recipe.family} ({settings.epochs} epochs)"
+    with progress_bar(label, show_progress) as callbacks:
+        if recipe.family == "dcgan":
+            result = pretrain_gan(data.train.images, recipe.config, settings, callbacks=callbacks, device=device)
+            components = {"generator": result.gan.generator, "discriminator": result.gan.discriminator}
+            stats = {k: result.stats[k] for k in ("iterations", "d_steps", "g_steps")}
+        elif recipe.family == "vae":
+            decoder, encoder, stats = train_vae(data.train.images, recipe.config, settings,
+                                                callbacks=callbacks, device=device)
+            components = {"generator": decoder, "encoder": encoder}
+        elif recipe.family == "inpainter":
+            inpainter, stats = train_inpainter(data.train.images, recipe.config, settings,
+                                               callbacks=callbacks, device=device)
+            components = {INPAINTER: inpainter}
+        else:
+            raise LetheError(f"unknown model family {recipe.family!r}")
+    pretraining = {"epochs": settings.epochs, "wall_time_s": time.monotonic() - started, "device": str(device),
+                   "settings": settings.model_dump(), **stats}
+    return register_base(registry, recipe.model, data, components, {"pretraining": pretraining})
+
+
+def register_base(registry: Registry, model: str, data: Domain, components: dict[str, torch.nn.Module],
+                  metrics: dict[str, Any], *, activate: bool = True) -> VersionManifest:
+    """Register a base version (its components, their ONNX graph, parity, quality by the
+    domain's judge) as promoted, and activate it (unless ``activate`` is False)."""
+    image_to_image = INPAINTER in components
     with tempfile.TemporaryDirectory() as scratch:
-        onnx_path = export_generator_onnx(generator, Path(scratch) / "generator.onnx")
-        parity = check_onnx_parity(generator, onnx_path)
+        if image_to_image:
+            onnx_path = export_inpainter_onnx(components[INPAINTER], Path(scratch) / f"{INPAINTER}.onnx")
+            parity = check_inpainter_parity(components[INPAINTER], onnx_path, data.held_out.images[:512])
+        else:
+            onnx_path = export_generator_onnx(components["generator"], Path(scratch) / "generator.onnx")
+            parity = check_onnx_parity(components["generator"], onnx_path)
 
         def write_files(folder: Path) -> None:
             for stem, module in components.items():
                 save_model(module, folder, stem)
-            shutil.copyfile(onnx_path, folder / "generator.onnx")
+            shutil.copyfile(onnx_path, folder / onnx_path.name)
 
         manifest = registry.create_version(
-            model, write_files, metrics={"pretraining": pretraining, "onnx_parity": parity},
-            status="promoted", dataset=DATASET, classifier=CLASSIFIER,
+            model, write_files, metrics={**metrics, "onnx_parity": parity}, status="promoted",
+            dataset=data.name, classifier=data.guide_name, domain=data.name,
         )
-    domain = load_domain(registry, manifest, device=device)
-    quality = judge(generator, domain, n=EVAL_SAMPLES, seed=0)
+    if image_to_image:
+        quality = judge_inpainter(components[INPAINTER], data, {"held_out": data.held_out.images})
+    else:
+        quality = judge(components["generator"].to(data.device), data, n=EVAL_SAMPLES, seed=0)
     manifest = registry.update(manifest.version, metrics={"quality": quality})
-    registry.activate(manifest.version)
-    return manifest
-
-
-def _register_inpainter(registry: Registry, inpainter, pretraining: dict[str, Any], held_out: torch.Tensor, device):
-    """Register the base inpainter (weights, ONNX of x -> h(T(x)), parity, restoration quality
-    on the held-out digits) and activate it."""
-    with tempfile.TemporaryDirectory() as scratch:
-        onnx_path = export_inpainter_onnx(inpainter, Path(scratch) / "inpainter.onnx")
-        parity = check_inpainter_parity(inpainter, onnx_path, held_out)
-
-        def write_files(folder: Path) -> None:
-            save_model(inpainter, folder, "inpainter")
-            shutil.copyfile(onnx_path, folder / "inpainter.onnx")
-
-        manifest = registry.create_version(
-            INPAINTER_MODEL, write_files, metrics={"pretraining": pretraining, "onnx_parity": parity},
-            status="promoted", dataset=DATASET, classifier=CLASSIFIER,
-        )
-    domain = load_domain(registry, manifest, device=device)
-    quality = judge_inpainter(inpainter, domain, {"held_out": held_out})
-    manifest = registry.update(manifest.version, metrics={"quality": quality})
-    registry.activate(manifest.version)
+    if activate:
+        registry.activate(manifest.version)
     return manifest

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearning.errors import LetheError
-from unlearning.runtime import lethe_home
+from unlearning.runtime import DEFAULT_DOMAIN, DEFAULT_MODEL, lethe_home
 
 
 def _print_json(payload: Any) -> None:
@@ -27,17 +27,71 @@ def _fmt(value: Any) -> str:
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from unlearning.bootstrap import bootstrap
+    from unlearning.registry import Registry
 
-    summary = bootstrap(epochs=args.epochs, seed=args.seed, show_progress=not args.quiet)
+    summary = bootstrap(domain=args.domain, models=args.model or None, epochs=args.epochs, seed=args.seed,
+                        show_progress=not args.quiet)
     if args.json:
         _print_json(summary)
         return 0
     built = ", ".join(summary["built"]) or "nothing (already bootstrapped)"
-    quality = summary["generator"].get("quality", {})
     print(f"built: {built}")
-    print(f"classifier held-out accuracy: {summary['classifier']['held_out_accuracy']:.4f}")
-    print(f"active: {summary['active']}  FID {_fmt(quality.get('fid'))} ({quality.get('extractor')}), "
-          f"IS {_fmt(quality.get('inception_score'))}")
+    print(f"domain {summary['domain']}: held-out accuracy guide {summary['guide']['held_out_accuracy']:.4f}, "
+          f"judge {summary['judge']['held_out_accuracy']:.4f}")
+    registry = Registry()
+    for model, version in summary["models"].items():
+        quality = registry.get(version).metrics.get("quality", {}) if version else {}
+        print(f"active {model}: {version}  {_headline(quality)} ({quality.get('extractor', '-')})")
+    return 0
+
+
+def cmd_domains(args: argparse.Namespace) -> int:
+    from unlearning.registry import Registry
+
+    registry = Registry()
+    domains = registry.list_domains()
+    models: dict[str, list[str]] = {}
+    for model in registry.models():
+        active = registry.active(model)
+        if active:
+            models.setdefault(registry.get(active).domain_name or "?", []).append(model)
+    if args.json:
+        _print_json([{**d.model_dump(mode="json"), "models": models.get(d.name, [])} for d in domains])
+        return 0
+    if not domains:
+        print("no domains yet: run `lethe bootstrap` or `lethe domain add NAME --data PATH`")
+    for d in domains:
+        c, h, w = d.image_shape
+        m = d.metrics
+        print(f"{d.name:16} {w}x{h}x{c}  {len(d.labels)} classes  train {d.sizes.get('train', 0):,}  "
+              f"held-out {d.sizes.get('held_out', 0):,}  guide {d.guide!r} {m['guide']['held_out_accuracy']:.3f}  "
+              f"judge {m['judge']['held_out_accuracy']:.3f}  models: {', '.join(models.get(d.name, [])) or '-'}")
+    return 0
+
+
+def cmd_domain_add(args: argparse.Namespace) -> int:
+    from unlearning.domains.datasets import read_dataset
+    from unlearning.domains.register import register_domain
+    from unlearning.registry import Registry
+    from unlearning.runtime import pick_device
+
+    labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
+    data = read_dataset(Path(args.data), label_names=labels)
+    manifest = register_domain(
+        Registry(), args.name, data.train, data.held_out, data.labels, min_accuracy=args.min_accuracy,
+        device=pick_device(), show_progress=not args.quiet, source=f"{data.source}: {Path(args.data).name}",
+    )
+    if args.json:
+        _print_json(manifest.model_dump(mode="json"))
+        return 0
+    c, h, w = manifest.image_shape
+    m = manifest.metrics
+    print(f"domain {manifest.name}: {len(manifest.labels)} classes ({', '.join(manifest.labels)}), {w}x{h}x{c}, "
+          f"train {manifest.sizes['train']:,}, held-out {manifest.sizes['held_out']:,}")
+    print(f"held-out accuracy: guide {manifest.guide!r} {m['guide']['held_out_accuracy']:.4f} "
+          f"({manifest.sizes['guide']:,} images), judge {m['judge']['held_out_accuracy']:.4f} "
+          f"({manifest.sizes['judge']:,} images); they agree on {m['agreement_held_out']:.1%}")
+    print(f"next: `lethe bootstrap --domain {manifest.name}` trains a DCGAN for it")
     return 0
 
 
@@ -112,17 +166,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     manifest = registry.verify(args.version)
     device = pick_device()
     domain = load_domain(registry, manifest, device=device, inception_weights=args.inception_weights)
-    omega = None
+    omega = judged = None
     if args.spec:
         spec_path = Path(args.spec)
         uploads = Path(args.uploads) if args.uploads else spec_path.resolve().parent
         # marks in a spec were made on the samples of the version's parent
-        omega = prepare_redaction_set(load_spec(spec_path), registry, domain, uploads,
-                                      marks_from=manifest.parent or manifest.version)
+        sets = prepare_redaction_set(load_spec(spec_path), registry, domain, uploads,
+                                     marks_from=manifest.parent or manifest.version)
+        omega, judged = sets.omega, sets.judged
     if manifest.image_to_image:
-        return _eval_inpainter(args, registry, domain, omega)
+        return _eval_inpainter(args, registry, domain, omega, judged)
     generator = registry.load_generator(args.version).to(device)
-    result = judge(generator, domain, n=args.samples, seed=args.seed, omega=omega, filtered=omega is not None)
+    result = judge(generator, domain, n=args.samples, seed=args.seed, omega=omega, judged=judged,
+                   filtered=omega is not None)
     result["version"] = args.version
     if omega is not None and omega.has_judge and args.attack_starts:
         from unlearning.metrics import AttackSettings, latent_attack
@@ -131,10 +187,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
         return 0
-    for key in ("version", "samples", "invalidity", "fid", "filtered_fid", "inception_score", "extractor"):
+    by = result["judged_by"]
+    for key in ("version", "samples", "invalidity", "judge_invalidity", "fid", "filtered_fid", "inception_score",
+                "extractor"):
         if key in result:
-            print(f"{key:16}{_fmt(result[key])}")
-    print("class shares    " + " ".join(f"{s:.3f}" for s in result["class_shares"]))
+            print(f"{key:16}{_fmt(result[key])}" + (f"  (by {by[key]})" if key in by else ""))
+    print("class shares    " + " ".join(f"{s:.3f}" for s in result["class_shares"]) + f"  (by {by['class_shares']})")
     if "attack" in result:
         attack = result["attack"]
         print(f"worst case      {_fmt(attack['worst_case'])} (latent attack from {attack['starts']} starts: "
@@ -143,11 +201,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_inpainter(args: argparse.Namespace, registry, domain, omega) -> int:
-    """An image-to-image version: restoration quality on the held-out digits, split into
+def _eval_inpainter(args: argparse.Namespace, registry, domain, omega, judged) -> int:
+    """An image-to-image version: restoration quality on the held-out images, split into
     forget and retain inputs when a spec is given."""
     from unlearning.evaluation import judge_inpainter
-    from unlearning.jobs_i2i import forget_mask
+    from unlearning.jobs import forget_mask
 
     held_out = domain.held_out.images.to(domain.device)
     if omega is None:
@@ -155,7 +213,7 @@ def _eval_inpainter(args: argparse.Namespace, registry, domain, omega) -> int:
     else:
         mask = forget_mask(omega, held_out)
         inputs = {"forget": held_out[mask], "retain": held_out[~mask]}
-    result = judge_inpainter(registry.load_inpainter(args.version), domain, inputs, omega)
+    result = judge_inpainter(registry.load_inpainter(args.version), domain, inputs, omega, judged)
     result["version"] = args.version
     if args.json:
         _print_json(result)
@@ -246,17 +304,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lethe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("bootstrap", help="train and register the embedded default (idempotent)")
-    p.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default 200)")
+    p = sub.add_parser("bootstrap", help="build a domain and its base models (idempotent; default: digits)")
+    p.add_argument("--domain", default=DEFAULT_DOMAIN,
+                   help="a built-in domain (digits, fashion-mnist) or one registered with `lethe domain add`")
+    p.add_argument("--model", action="append", default=None,
+                   help="build only this model of the domain (repeatable; default: all of them)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="pre-training epochs (default: the domain's CPU schedule, the full one on CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bootstrap)
 
+    p = sub.add_parser("domains", help="list the registered domains (data, guide and judge)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_domains)
+
+    p = sub.add_parser("domain", help="register a domain from your own labelled data")
+    dsub = p.add_subparsers(dest="domain_command", required=True)
+    p = dsub.add_parser("add", help="read, check and register a dataset; train its guide and judge")
+    p.add_argument("name", help="the domain's name (its guide classifier takes the same name)")
+    p.add_argument("--data", required=True,
+                   help="MNIST-style IDX (a folder, or an images file with its labels file beside it), an npz, "
+                        "or a folder of PNGs with one sub-folder per class")
+    p.add_argument("--labels", default=None, help="class names, comma-separated, in label order")
+    p.add_argument("--min-accuracy", type=float, default=0.8,
+                   help="held-out accuracy both classifiers must reach (default 0.8)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_domain_add)
+
     p = sub.add_parser("redact", help="run a forget job offline (same code as the API)")
     p.add_argument("spec", help="forget specification, JSON or YAML")
     p.add_argument("--from", dest="from_version", default=None, help="parent version (default: the model's active)")
-    p.add_argument("--model", default=None, help="hosted model, e.g. digits-vae or digits-inpainter (default: digits)")
+    p.add_argument("--model", default=None, help=f"hosted model, e.g. fashion or digits-inpainter (default: {DEFAULT_MODEL})")
     p.add_argument("--uploads", default=None, help="folder holding the spec's files (default: the spec's folder)")
     p.add_argument("--report", default=None, help="report root (default: $LETHE_HOME/reports)")
     p.add_argument("--no-activate", action="store_true", help="register but do not activate")
@@ -279,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve sampling and the admin API (bootstraps first if needed)")
     p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--workers", type=int, default=1, help="serving worker processes")
     p.add_argument("--no-job-worker", action="store_true",
                    help="do not run redaction jobs here (another instance or `lethe worker` does)")

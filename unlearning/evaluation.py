@@ -1,80 +1,33 @@
-"""Judging a generator of a registered model: invalidity against a redaction set, IS from
-the domain classifier, FID against the retained training data (classifier features by
-default, Inception when a weights file is given), class shares, and the same numbers for
-the model "filtered" by the forget checks (rejection sampling: the quality a redaction
-should approach). Gates, ``lethe eval``, bootstrap, tests and the benchmark all call this."""
+"""Judging a generator of a registered model: invalidity against a redaction set (by the
+spec's own checks, and by the domain's judge where the spec's checks are label-based), IS
+and class shares from the judge, FID against the retained training data (the judge's
+features by default, Inception when a weights file is given), and the same numbers for the
+model "filtered" by the forget checks (rejection sampling: the quality a redaction should
+approach). Gates, ``lethe eval``, bootstrap, tests and the benchmark all call this.
+
+Every number says what made it (``judged_by``): the guide is what methods train against,
+so only the judge's numbers are independent of the method."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from unlearning.data import DATASETS, LabelledImages
-from unlearning.errors import LetheError
+from unlearning.domains.loaded import Domain, load_domain
 from unlearning.metrics import (
     FID,
     ClassShares,
     FeatureStats,
     Filtered,
-    InceptionExtractor,
     InceptionScore,
     Invalidity,
-    classifier_extractor,
     evaluate,
-    reference_stats,
 )
-from unlearning.registry import Registry, VersionManifest
 from unlearning.spec.checks import RedactionSet
 
-
-@dataclass
-class Domain:
-    """What a version is judged with: its training data, its label classifier and a
-    feature extractor for FID (with its name, reported next to every number)."""
-
-    train: LabelledImages
-    held_out: LabelledImages
-    classifier: nn.Module
-    classifier_name: str
-    extractor: nn.Module
-    extractor_name: str
-    device: torch.device
-
-    @property
-    def num_classes(self) -> int:
-        return self.classifier.config.num_classes
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])
-
-    def reference(self, images: torch.Tensor) -> FeatureStats:
-        return reference_stats(self.extractor, images.to(self.device), extractor_name=self.extractor_name)
-
-
-def load_domain(
-    registry: Registry,
-    manifest: VersionManifest,
-    *,
-    device: torch.device,
-    inception_weights: Path | None = None,
-) -> Domain:
-    if manifest.dataset not in DATASETS:
-        raise LetheError(f"{manifest.version}: unknown dataset '{manifest.dataset}'")
-    if not manifest.classifier:
-        raise LetheError(f"{manifest.version}: no domain classifier recorded")
-    train, held_out = DATASETS[manifest.dataset]()
-    classifier = registry.load_classifier(manifest.classifier).to(device).eval().requires_grad_(False)
-    if inception_weights:
-        extractor = InceptionExtractor(inception_weights).to(device)
-        extractor_name = extractor.name
-    else:
-        extractor, extractor_name = classifier_extractor(classifier, manifest.classifier)
-    return Domain(train, held_out, classifier, manifest.classifier, extractor, extractor_name, device)
+__all__ = ["Domain", "load_domain", "judge", "forgotten_classes", "judge_inpainter"]
 
 
 def judge(
@@ -84,32 +37,41 @@ def judge(
     n: int,
     seed: int,
     omega: RedactionSet | None = None,
+    judged: RedactionSet | None = None,
     reference: FeatureStats | None = None,
     filtered: bool = False,
     progress=None,
 ) -> dict[str, Any]:
     """One pass over ``n`` samples (seeded) feeding every metric.
 
-    Returns flat numbers: ``invalidity`` (if omega judges), ``inception_score``, ``fid``
-    (against ``reference``, default: the training data outside omega), ``class_shares``,
-    ``omega_class_counts`` (which classes the invalid samples fall in), and with
-    ``filtered`` the ``filtered_fid`` / ``filtered_kept`` of the rejection-sampled stream."""
-    judged = omega is not None and omega.has_judge
+    Returns flat numbers: ``invalidity`` (by ``omega``, the spec's checks, if they judge),
+    ``judge_invalidity`` (by ``judged``, the same checks asked of the domain's judge),
+    ``inception_score`` and ``class_shares`` (the judge's), ``fid`` (against ``reference``,
+    default: the training data outside omega), ``omega_class_counts`` (which of the judge's
+    classes the invalid samples fall in), and with ``filtered`` the ``filtered_fid`` /
+    ``filtered_kept`` of the stream the judge's mirror (else ``omega``) calls valid."""
+    checks = omega is not None and omega.has_judge
     if reference is None:
-        kept = domain.train.images if omega is None else omega.training_split(domain.train.images.to(domain.device))[0]
-        reference = domain.reference(kept)
+        if omega is None and domain.train_stats is not None:
+            reference = domain.train_stats
+        else:
+            kept = domain.train.images if omega is None else omega.training_split(domain.train.images.to(domain.device))[0]
+            reference = domain.reference(kept)
     metrics: dict[str, Any] = {
         "fid": FID(domain.extractor, reference, domain.extractor_name),
-        "is": InceptionScore(domain.classifier),
-        "shares": ClassShares(domain.classifier, domain.num_classes),
+        "is": InceptionScore(domain.judge),
+        "shares": ClassShares(domain.judge, domain.num_classes),
     }
-    if judged:
+    filter_by = judged if judged is not None else (omega if checks else None)
+    if checks:
         metrics["invalidity"] = Invalidity(omega.in_omega)
-        metrics["omega_shares"] = Filtered(ClassShares(domain.classifier, domain.num_classes), omega.in_omega)
-        if filtered:
-            metrics["filtered"] = Filtered(
-                FID(domain.extractor, reference, domain.extractor_name), lambda x: ~omega.in_omega(x)
-            )
+        metrics["omega_shares"] = Filtered(ClassShares(domain.judge, domain.num_classes), omega.in_omega)
+    if judged is not None:
+        metrics["judge_invalidity"] = Invalidity(judged.in_omega)
+    if filtered and filter_by is not None:
+        metrics["filtered"] = Filtered(
+            FID(domain.extractor, reference, domain.extractor_name), lambda x: ~filter_by.in_omega(x)
+        )
     raw = evaluate(generator, n, metrics, seed=seed, device=domain.device, progress=progress)
     out: dict[str, Any] = {
         "samples": n,
@@ -118,14 +80,21 @@ def judge(
         "fid": raw["fid"]["fid"],
         "inception_score": raw["is"]["inception_score"],
         "class_shares": raw["shares"]["shares"],
+        "judged_by": {"inception_score": domain.judge_name, "class_shares": domain.judge_name,
+                      "fid": domain.extractor_name},
     }
-    if judged:
+    if checks:
         out["invalidity"] = raw["invalidity"]["invalidity"]
         out["invalid_count"] = raw["invalidity"]["count"]
         out["omega_class_counts"] = raw["omega_shares"]["counts"] if raw["omega_shares"]["kept"] else [0] * domain.num_classes
-        if filtered:
-            out["filtered_fid"] = raw["filtered"].get("fid")
-            out["filtered_kept"] = raw["filtered"]["kept"]
+        out["judged_by"]["invalidity"] = "the spec's checks"
+    if judged is not None:
+        out["judge_invalidity"] = raw["judge_invalidity"]["invalidity"]
+        out["judged_by"]["judge_invalidity"] = domain.judge_name
+    if "filtered" in raw:
+        out["filtered_fid"] = raw["filtered"].get("fid")
+        out["filtered_kept"] = raw["filtered"]["kept"]
+        out["judged_by"]["filtered_fid"] = domain.judge_name if judged is not None else "the spec's checks"
     return out
 
 
@@ -140,10 +109,12 @@ def forgotten_classes(parent: dict[str, Any], share_of_class_in_omega: float = 0
 @torch.no_grad()
 def judge_inpainter(
     inpainter: nn.Module, domain: Domain, inputs: dict[str, torch.Tensor], omega: RedactionSet | None = None,
+    judged: RedactionSet | None = None,
 ) -> dict[str, Any]:
     """An image-to-image model on named input sets (Li et al. judge retain and forget
     separately): per set, the FID of the restorations h(T(x)) against the real x, their mean
-    absolute error, and with a judging ``omega`` the share of restorations it calls invalid."""
+    absolute error, and with a judging ``omega`` the share of restorations it calls invalid
+    (and with ``judged``, the judge's mirror of it)."""
     inpainter = inpainter.to(domain.device).eval()
     out: dict[str, Any] = {"extractor": domain.extractor_name}
     for name, images in inputs.items():
@@ -155,5 +126,7 @@ def judge_inpainter(
                                   "l1": float((restored - images).abs().mean())}
         if omega is not None and omega.has_judge:
             result["invalidity"] = float(omega.in_omega(restored).float().mean())
+        if judged is not None:
+            result["judge_invalidity"] = float(judged.in_omega(restored).float().mean())
         out[name] = result
     return out

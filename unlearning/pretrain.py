@@ -59,14 +59,16 @@ def train_classifier(
     settings: ClassifierTraining | None = None,
     callbacks: Callbacks | None = None,
     device: torch.device | None = None,
+    architecture: type[Classifier] = Classifier,
 ) -> tuple[Classifier, dict[str, float]]:
-    """Cross-entropy with shift augmentation; returns the classifier and its held-out accuracy."""
+    """Cross-entropy with shift augmentation; returns the classifier and its held-out accuracy.
+    ``architecture``: the guide's (``Classifier``) or the judge's (``JudgeClassifier``)."""
     settings = settings or ClassifierTraining()
     callbacks = callbacks or Callbacks()
     torch.manual_seed(settings.seed)
     rng = torch.Generator().manual_seed(settings.seed)
     device = device or torch.device("cpu")
-    model = Classifier(config).to(device)
+    model = architecture(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.epochs)
     b = settings.batch_size

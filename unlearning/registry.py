@@ -1,5 +1,5 @@
 """The model registry: versions of named generators, the active pointer per generator,
-and classifiers.
+classifiers and domains.
 
 Layout of LETHE_HOME::
 
@@ -9,15 +9,19 @@ Layout of LETHE_HOME::
     active/<model>.json                {"version", "activated_at"}: the version served for <model>
     classifiers/<name>/                classifier.safetensors + classifier.json (format "torch")
                                        or classifier.onnx (format "onnx"), and manifest.json
+    domains/<name>/                    a domain: its judge, data splits, cached reference
+                                       statistics (and the data itself when copied in), and
+                                       manifest.json (``unlearning.domains``)
 
-Versions and classifiers are both immutable named folders with a sha256 manifest
+Versions, classifiers and domains are immutable named folders with a sha256 manifest
 (``unlearning.store.folders``): written complete or not at all, every file checked against
-its checksum before anything is loaded or activated. With ``LETHE_REGISTRY_URL`` they live
-in S3-compatible object storage and ``versions/`` and ``classifiers/`` are a verified local
-cache; with ``LETHE_DATABASE_URL`` the active pointers and version numbers live in
-PostgreSQL, shared by every instance (``unlearning.store.pointers``). Weights are
-safetensors, models are rebuilt from JSON configs, uploaded classifiers are ONNX
-(protobuf): nothing is ever unpickled.
+its checksum before anything is loaded or activated (a domain's data read in place, such as
+Debian's Fashion-MNIST, is checked against the checksums its manifest records). With
+``LETHE_REGISTRY_URL`` they live in S3-compatible object storage and ``versions/``,
+``classifiers/`` and ``domains/`` are a verified local cache; with ``LETHE_DATABASE_URL``
+the active pointers and version numbers live in PostgreSQL, shared by every instance
+(``unlearning.store.pointers``). Weights are safetensors, models are rebuilt from JSON
+configs, uploaded classifiers are ONNX (protobuf): nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -37,11 +40,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
+from unlearning.names import NAME as _NAME, VERSION as _VERSION, check_name as _check_name, is_version, shown
 from unlearning.runtime import lethe_home
 from unlearning.store import database_url, registry_url
-from unlearning.store.files import MANIFEST, hash_and_sync
+from unlearning.store.files import MANIFEST, hash_and_sync, sha256_file
 from unlearning.store.folders import Folders, check_cached
-from unlearning.store.objects import ObjectStore, StorageUnavailableError  # noqa: F401 (re-exported)
+from unlearning.store.objects import ObjectStore
 from unlearning.store.pointers import DatabasePointers, FilePointers
 
 if TYPE_CHECKING:  # torch only where models are loaded or saved: bookkeeping needs none
@@ -51,9 +55,6 @@ log = logging.getLogger(__name__)
 
 Status = Literal["candidate", "promoted", "rejected"]
 ClassifierFormat = Literal["torch", "onnx"]
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_VERSION = re.compile(r"^(?P<model>.+)-v(?P<n>[0-9]+)$")
 
 
 def _now() -> str:
@@ -76,7 +77,8 @@ class VersionManifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     reason: str | None = Field(None, description="why it was rejected")
     dataset: str | None = None
-    classifier: str | None = Field(None, description="name of the domain classifier")
+    classifier: str | None = Field(None, description="name of the domain's guide classifier")
+    domain: str | None = Field(None, description="the domain (dataset, guide, judge) the model belongs to")
     job: str | None = Field(None, description="id of the service job that made it")
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256 hex")
 
@@ -89,6 +91,11 @@ class VersionManifest(BaseModel):
     def onnx_file(self) -> str:
         return f"{INPAINTER if self.image_to_image else GENERATOR}.onnx"
 
+    @property
+    def domain_name(self) -> str | None:
+        """The domain; versions made before domains existed name only their dataset."""
+        return self.domain or self.dataset
+
 
 class ClassifierManifest(BaseModel):
     """What ``classifiers/<name>/manifest.json`` holds."""
@@ -98,26 +105,34 @@ class ClassifierManifest(BaseModel):
     format: ClassifierFormat = "torch"
     metrics: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] | None = None
+    domain: str | None = Field(None, description="the domain whose guide this classifier is")
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256 hex")
+
+
+class DomainManifest(BaseModel):
+    """What ``domains/<name>/manifest.json`` holds (``unlearning.domains`` builds it)."""
+
+    name: str
+    created_at: str
+    labels: list[str] = Field(description="class names; index = label")
+    image_shape: tuple[int, int, int] = Field(description="(channels, height, width)")
+    builtin: str | None = Field(None, description="the built-in domain whose data it reads, if any")
+    references: dict[str, str] = Field(
+        default_factory=dict, description="files read in place (not copied in): absolute path -> sha256 hex")
+    guide: str = Field(description="the guide classifier (in classifiers/): what specs name")
+    sizes: dict[str, int] = Field(default_factory=dict, description="train, held_out, guide, judge images")
+    metrics: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256 hex")
 
 
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise LetheError(
-            f"{what} name {name!r} is not allowed: use 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
 def _known(names: list[str], limit: int = 8) -> str:
     if not names:
         return "none yet"
-    shown = ", ".join(names[-limit:])
-    return shown if len(names) <= limit else f"... {shown} ({len(names)} in all)"
+    listed = ", ".join(names[-limit:])
+    return listed if len(names) <= limit else f"... {listed} ({len(names)} in all)"
 
 
 _REMOTES: dict[str, ObjectStore] = {}
@@ -138,7 +153,7 @@ def _remote(url: str | None) -> ObjectStore | None:
 
 
 class Registry:
-    """Versions of named generators, the active pointer per generator, and classifiers.
+    """Versions of named generators, the active pointer per generator, classifiers and domains.
 
     ``database_url_`` / ``registry_url_`` default to ``LETHE_DATABASE_URL`` /
     ``LETHE_REGISTRY_URL`` ("" for none); unset, everything lives in ``home`` (default
@@ -150,11 +165,13 @@ class Registry:
         self.versions_dir = self.home / "versions"
         self.active_dir = self.home / "active"
         self.classifiers_dir = self.home / "classifiers"
+        self.domains_dir = self.home / "domains"
         self.home.mkdir(parents=True, exist_ok=True)
         remote = _remote(registry_url() if registry_url_ is None else registry_url_)
         self.remote = remote
         self._versions = Folders(self.versions_dir, "versions", self._locked, remote)
         self._classifiers = Folders(self.classifiers_dir, "classifiers", self._locked, remote)
+        self._domains = Folders(self.domains_dir, "domains", self._locked, remote)
         self._uploads = Folders(self.home / "uploads", "uploads", self._locked, remote, create=False)
         self._reports = Folders(self.home / "reports" / "jobs", "reports", self._locked, remote, create=False)
         db_url = database_url() if database_url_ is None else database_url_
@@ -203,6 +220,7 @@ class Registry:
         reason: str | None = None,
         dataset: str | None = None,
         classifier: str | None = None,
+        domain: str | None = None,
         job: str | None = None,
     ) -> VersionManifest:
         """Store a new version of ``model``: ``write_files(folder)`` writes its files into a
@@ -222,7 +240,7 @@ class Registry:
                 manifest = VersionManifest(
                     version=f"{model}-v{self._next_number(model)}", model=model, parent=parent,
                     created_at=_now(), status=status, spec=spec, metrics=dict(metrics or {}), reason=reason,
-                    dataset=dataset, classifier=classifier, job=job, files=files,
+                    dataset=dataset, classifier=classifier, domain=domain, job=job, files=files,
                 )
                 return manifest.version, manifest.model_dump(mode="json")
 
@@ -243,15 +261,16 @@ class Registry:
 
     def get(self, version: str) -> VersionManifest:
         """The manifest of ``version``; NotFoundError names it and lists known versions."""
-        text = None
-        if isinstance(version, str) and _VERSION.match(version) and "/" not in version and not version.startswith("."):
-            text = self._versions.manifest(version)
+        # the name rule first: a name that breaks it never becomes a path or an object key
+        named = is_version(version)
+        text = self._versions.manifest(version) if named else None
         if text is None:
             model = None
-            if isinstance(version, str) and (match := _VERSION.match(version)):
+            if named and (match := _VERSION.match(version)):
                 model = match.group("model")
             known = self._known_versions(model) or self._known_versions()
-            raise NotFoundError(f"version {version!r} not found; known versions: {_known(known)}")
+            what = "not found" if named else "not found (not a version name: <model>-v<N>)"
+            raise NotFoundError(f"version {shown(version)} {what}; known versions: {_known(known)}")
         try:
             manifest = VersionManifest.model_validate_json(text)
         except (ValidationError, ValueError, UnicodeDecodeError) as exc:
@@ -433,6 +452,46 @@ class Registry:
 
     # ------------------------------------------------------------------------- classifiers
 
+    def _store_folder(
+        self,
+        folders: Folders,
+        name: str,
+        what: str,
+        write_files: Callable[[Path], None],
+        make_manifest: Callable[[dict[str, str]], BaseModel],
+        *,
+        replace: bool,
+        check: Callable[[Path], None] | None = None,
+    ) -> BaseModel:
+        """Store a named immutable folder (a classifier, a domain) in ``folders``:
+        ``write_files`` fills a private temporary folder, ``check`` may refuse it, its files
+        are checksummed into ``make_manifest(files)``, and it is published complete or not
+        at all (an old folder of that name is replaced only with ``replace``)."""
+        _check_name(name, what)
+
+        def refuse_existing() -> None:
+            if not replace and folders.manifest(name) is not None:
+                raise LetheError(f"{what} {name!r} already exists; pass replace=True to replace it")
+
+        refuse_existing()
+        tmp = folders.staging()
+        try:
+            write_files(tmp)
+            if check is not None:
+                check(tmp)
+            files = hash_and_sync(tmp)
+            manifest = make_manifest(files)
+
+            def make() -> tuple[str, dict[str, Any]]:
+                refuse_existing()
+                return name, manifest.model_dump(mode="json")
+
+            folders.publish(tmp, files, make, replace=replace)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return manifest
+
     def _store_classifier(
         self,
         name: str,
@@ -442,35 +501,15 @@ class Registry:
         metrics: dict[str, Any],
         labels: list[str] | None,
         replace: bool,
+        domain: str | None = None,
         check: Callable[[Path], None] | None = None,
     ) -> ClassifierManifest:
-        _check_name(name, "classifier")
+        def manifest(files: dict[str, str]) -> ClassifierManifest:
+            return ClassifierManifest(name=name, created_at=_now(), format=fmt, metrics=dict(metrics or {}),
+                                      labels=list(labels) if labels else None, domain=domain, files=files)
 
-        def refuse_existing() -> None:
-            if not replace and self._classifiers.manifest(name) is not None:
-                raise LetheError(f"classifier {name!r} already exists; pass replace=True to replace it")
-
-        refuse_existing()
-        tmp = self._classifiers.staging()
-        try:
-            write_files(tmp)
-            if check is not None:
-                check(tmp)
-            files = hash_and_sync(tmp)
-            manifest = ClassifierManifest(
-                name=name, created_at=_now(), format=fmt, metrics=dict(metrics or {}),
-                labels=list(labels) if labels else None, files=files,
-            )
-
-            def make() -> tuple[str, dict[str, Any]]:
-                refuse_existing()
-                return name, manifest.model_dump(mode="json")
-
-            self._classifiers.publish(tmp, files, make, replace=replace)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return manifest
+        return self._store_folder(  # type: ignore[return-value]
+            self._classifiers, name, "classifier", write_files, manifest, replace=replace, check=check)
 
     def register_classifier(
         self,
@@ -480,8 +519,10 @@ class Registry:
         *,
         labels: list[str] | None = None,
         replace: bool = False,
+        domain: str | None = None,
     ) -> ClassifierManifest:
-        """Store a PyTorch classifier (a model ``save_model`` knows) under ``name``."""
+        """Store a PyTorch classifier (a model ``save_model`` knows) under ``name``; ``domain``
+        names the domain it guides."""
         from unlearning.models.io import save_model
 
         if labels is None:
@@ -490,7 +531,7 @@ class Registry:
         return self._store_classifier(
             name,
             lambda folder: save_model(classifier_module, folder, "classifier"),
-            fmt="torch", metrics=metrics, labels=labels, replace=replace,
+            fmt="torch", metrics=metrics, labels=labels, replace=replace, domain=domain,
         )
 
     def register_onnx_classifier(
@@ -524,7 +565,7 @@ class Registry:
         text = self._classifiers.manifest(name) if isinstance(name, str) and _NAME.match(name) else None
         if text is None:
             known = [m.name for m in self.list_classifiers()]
-            raise NotFoundError(f"classifier {name!r} not found; known classifiers: {_known(known)}")
+            raise NotFoundError(f"classifier {shown(name)} not found; known classifiers: {_known(known)}")
         try:
             return ClassifierManifest.model_validate_json(text)
         except (ValidationError, ValueError, UnicodeDecodeError) as exc:
@@ -550,13 +591,59 @@ class Registry:
         return load_model(folder, "classifier")
 
     def list_classifiers(self) -> list[ClassifierManifest]:
+        return self._list_folders(self._classifiers, ClassifierManifest)  # type: ignore[return-value]
+
+    @staticmethod
+    def _list_folders(folders: Folders, schema: type[BaseModel]) -> list[BaseModel]:
         found = []
-        for name, text in sorted(self._classifiers.manifests().items()):
+        for name, text in sorted(folders.manifests().items()):
             try:
-                found.append(ClassifierManifest.model_validate_json(text))
+                found.append(schema.model_validate_json(text))
             except (ValidationError, ValueError, UnicodeDecodeError) as exc:
-                log.warning("skipping classifier %s: no valid %s (%s)", name, MANIFEST, exc)
+                log.warning("skipping %s/%s: no valid %s (%s)", folders.kind, name, MANIFEST, exc)
         return found
+
+    # ----------------------------------------------------------------------------- domains
+
+    def register_domain(
+        self, name: str, write_files: Callable[[Path], None], fields: dict[str, Any], *, replace: bool = False,
+    ) -> DomainManifest:
+        """Store a domain's folder: ``write_files`` writes its judge, splits and statistics;
+        ``fields`` are the manifest's other fields (``unlearning.domains`` builds them)."""
+        return self._store_folder(  # type: ignore[return-value]
+            self._domains, name, "domain", write_files,
+            lambda files: DomainManifest(name=name, created_at=_now(), files=files, **fields), replace=replace,
+        )
+
+    def get_domain(self, name: str) -> DomainManifest:
+        text = self._domains.manifest(name) if isinstance(name, str) and _NAME.match(name) else None
+        if text is None:
+            known = [m.name for m in self.list_domains()]
+            raise NotFoundError(f"domain {shown(name)} not found; known domains: {_known(known)}")
+        try:
+            return DomainManifest.model_validate_json(text)
+        except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"domains/{name}/{MANIFEST}: unreadable manifest ({exc})") from None
+
+    def verify_domain(self, name: str) -> DomainManifest:
+        """The manifest, every stored file checked (fetched from object storage when this
+        node lacks them), and every file it reads in place checked too."""
+        manifest = self.get_domain(name)
+        check_cached(self._domains, name, manifest.files, f"domains/{name}")
+        for path, expected in sorted(manifest.references.items()):
+            if not Path(path).is_file():
+                raise IntegrityError(f"domain {name!r} reads {path}, which is missing")
+            if sha256_file(Path(path)) != expected:
+                raise IntegrityError(f"domain {name!r} reads {path}, which changed since the domain was registered")
+        return manifest
+
+    def domain_dir(self, name: str) -> Path:
+        """The local folder of a domain (fetched from object storage when not cached)."""
+        manifest = self.get_domain(name)
+        return self._domains.local(name, manifest.files)
+
+    def list_domains(self) -> list[DomainManifest]:
+        return self._list_folders(self._domains, DomainManifest)  # type: ignore[return-value]
 
 
 def onnx_classifier_module(path: Path, label: str) -> nn.Module:

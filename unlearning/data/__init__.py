@@ -14,12 +14,9 @@ from unlearning.data.files import (
 )
 from unlearning.data.shapes import COLOURS, SHAPES, SIZES, ShapesData, make_shapes
 
-DATASETS = {"digits": digits_splits}
-
 __all__ = [
     "COLOURS",
     "DIGIT_LABELS",
-    "DATASETS",
     "LabelledImages",
     "SHAPES",
     "SIZES",

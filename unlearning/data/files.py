@@ -203,12 +203,19 @@ def load_image_folder(
         raise InputDataError(f"{root.name}: has {total:,} images; at most {limits.max_images:,} are accepted")
     budget = _Budget(limits, root.name)
     arrays, labels = [], []
+    first: tuple[str, tuple[int, ...]] | None = None
     for label, (_, files) in enumerate(groups):
         for file in files:
-            what = f"{root.name}: {file.relative_to(root).as_posix()!r}"
-            arrays.append(
-                _decode_png(_read_file(file, budget), what, None, budget, channels=channels, resize=resolution)
-            )
+            name = file.relative_to(root).as_posix()
+            what = f"{root.name}: {name!r}"
+            array = _decode_png(_read_file(file, budget), what, None, budget, channels=channels, resize=resolution)
+            if first is None:
+                first = (name, array.shape[1:])
+            elif array.shape[1:] != first[1]:
+                (h, w), (fh, fw) = array.shape[1:], first[1]
+                raise InputDataError(f"{root.name}: {name!r} is {w}x{h} pixels but {first[0]!r} is {fw}x{fh}; "
+                                     "every image must be the same size")
+            arrays.append(array)
             labels.append(label)
     images = _stack(arrays, root.name, None)
     return LabelledImages(images, torch.tensor(labels, dtype=torch.int64)), [name for name, _ in groups]
@@ -304,6 +311,7 @@ def _read_npz_member(
             f"{what}: is {_mib(info.file_size)} uncompressed; the upload limit is "
             f"{_mib(budget.limits.max_total_bytes)}"
         )
+    _check_ratio(info, what, budget.limits)  # an npz is a zip: the same bomb check as a zip of PNGs
     try:
         with zf.open(info) as fh:
             return _read_npy(fh, what, budget, max_count, info.file_size, images=images)
@@ -342,7 +350,10 @@ def _read_npy(
         raise InputDataError(f"{what}: has dtype {dtype}; labels must be integers")
     if images and len(shape) >= 1 and shape[0] > max_count:
         raise InputDataError(f"{what}: has {shape[0]:,} images; at most {max_count:,} are accepted")
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    values = int(np.prod(shape, dtype=np.int64))
+    if images:  # before a byte of data is read: every value becomes a float32
+        budget.add_pixels(values, what)
+    nbytes = values * dtype.itemsize
     if nbytes > declared:
         raise InputDataError(f"{what}: is truncated (shape {tuple(shape)} needs more bytes than the file has)")
     data = _read_capped(fh, nbytes, budget)
@@ -414,12 +425,7 @@ def _load_png_zip(
                 raise InputDataError(f"{what} is not a PNG; the zip may contain only PNG images")
             if info.flag_bits & 0x1:
                 raise InputDataError(f"{what} is encrypted; send an unencrypted zip")
-            ratio = info.file_size / max(info.compress_size, 1)
-            if ratio > limits.max_compression_ratio:
-                raise InputDataError(
-                    f"{what} expands {ratio:,.0f}x when uncompressed (limit {limits.max_compression_ratio:,.0f}x); "
-                    "this looks like a zip bomb"
-                )
+            _check_ratio(info, what, limits)
             pngs.append(info)
         if not pngs:
             raise InputDataError(f"{label}: contains no PNG images")
@@ -436,6 +442,17 @@ def _load_png_zip(
             what = f"{label}: entry {info.filename!r}"
             arrays.append(_decode_png(_read_zip_entry(zf, info, what, budget), what, expected, budget))
     return _stack(arrays, label, expected)
+
+
+def _check_ratio(info: zipfile.ZipInfo, what: str, limits: UploadLimits) -> None:
+    """Refuse an entry that claims to expand more than ``max_compression_ratio`` times
+    (bytes actually read are capped at what it declares, so it cannot claim less)."""
+    ratio = info.file_size / max(info.compress_size, 1)
+    if ratio > limits.max_compression_ratio:
+        raise InputDataError(
+            f"{what} expands {ratio:,.0f}x when uncompressed (limit {limits.max_compression_ratio:,.0f}x); "
+            "this looks like a zip bomb"
+        )
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:

@@ -40,7 +40,7 @@ METHODS: dict[str, tuple[type[BaseModel], Callable[..., MethodResult]]] = {
     **{name: (adapt_then_unlearn.AdaptThenUnlearnHyperparameters, adapt_then_unlearn.redact)
        for name in adapt_then_unlearn.VARIANTS},
     "feedback": (feedback.FeedbackHyperparameters, feedback.redact),
-    # edits an image-to-image model, not a GAN: called by jobs_i2i, not run_method
+    # edits an image-to-image model, not a GAN: called by jobs.image_to_image, not run_method
     "i2i-encoder": (i2i.I2IHyperparameters, i2i.unlearn_encoder),
 }
 IMAGE_TO_IMAGE_METHODS = frozenset({"i2i-encoder"})

@@ -29,7 +29,7 @@ from torch import nn
 
 from unlearning.errors import SpecError
 from unlearning.methods.adversarial import AdversarialSettings, train_adversarial
-from unlearning.methods.base import GAN, Callbacks, MethodResult
+from unlearning.methods.base import GAN, MAX_SAMPLES, MAX_SEED, Callbacks, MethodResult
 from unlearning.methods.selection import BestEpoch, QualityProbe, epoch_monitor
 from unlearning.marks import regenerate_marked
 from unlearning.runtime import latents
@@ -52,19 +52,19 @@ class AdaptThenUnlearnHyperparameters(AdversarialSettings):
     alpha_pos: float = Field(1.0, gt=0.5, le=1.0, description="real target (the paper: plain BCE)")
     alpha_neg: float = Field(0.0, ge=0.0, lt=0.5, description="fake target")
     generated_samples: int = Field(5000, ge=64, le=200_000, description="samples split into S_n / S_p")
-    split_seed: int = Field(20_240_602, ge=0, description="seed of the samples that are split")
+    split_seed: int = Field(20_240_602, ge=0, le=MAX_SEED, description="seed of the samples that are split")
     adapted_models: int = Field(1, ge=1, le=16, description="k: independent negative adaptations")
     adapt_epochs: int = Field(30, ge=1, le=10_000, description="stage-1 epochs over S_n")
-    ewc_lambda: float = Field(1e5, ge=0.0, description="lambda of the EWC term (eq. 3); the paper's 5e8 freezes G here")
-    fisher_batches: int = Field(32, ge=1, description="batches of z for the diagonal Fisher estimate")
+    ewc_lambda: float = Field(1e5, ge=0.0, le=1e12, description="lambda of the EWC term (eq. 3); the paper's 5e8 freezes G here")
+    fisher_batches: int = Field(32, ge=1, le=1000, description="batches of z for the diagonal Fisher estimate")
     repulsion: Repulsion = "el2"
-    gamma: float = Field(50.0, ge=0.0, description="weight of the repulsion (eq. 5)")
-    alpha: float = Field(0.001, gt=0.0, description="alpha of EL2 (eq. 7)")
-    extrapolation_step: float = Field(1.0, gt=0.0, description="param-extrapolation: theta_G + step (theta_G - theta_N)")
+    gamma: float = Field(50.0, ge=0.0, le=1e6, description="weight of the repulsion (eq. 5)")
+    alpha: float = Field(0.001, gt=0.0, le=1e3, description="alpha of EL2 (eq. 7)")
+    extrapolation_step: float = Field(1.0, gt=0.0, le=100.0, description="param-extrapolation: theta_G + step (theta_G - theta_N)")
     epochs: int = Field(20, ge=1, le=10_000, description="stage-2 epochs over S_p")
-    monitor_samples: int = Field(2000, ge=0)
+    monitor_samples: int = Field(2000, ge=0, le=MAX_SAMPLES)
     target_invalidity: float = Field(0.001, ge=0.0, le=1.0)
-    patience: int | None = Field(4, ge=1)
+    patience: int | None = Field(4, ge=1, le=10_000)
     select_best: bool = True
 
 

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from unlearning.methods.base import GAN, Callbacks
+from unlearning.methods.base import GAN, MAX_BATCH, MAX_SEED, Callbacks
 from unlearning.methods.losses import (
     SoftGuide,
     discriminator_loss,
@@ -35,17 +35,19 @@ class AdversarialSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(8, ge=1, le=10_000)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(2e-4, gt=0)
-    beta1: float = 0.5
-    beta2: float = 0.999
+    epoch_images: int | None = Field(
+        None, ge=1, le=10_000_000, description="real images per epoch, drawn without replacement (None: all of them)")
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH)
+    lr: float = Field(2e-4, gt=0, le=1.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
     alpha_pos: float = Field(0.95, gt=0.5, le=1.0, description="a+, real target")
     alpha_neg: float = Field(0.05, ge=0.0, lt=0.5, description="a-, fake target")
     lam: float = Field(0.85, gt=0.0, le=1.0, description="share of G(z) in p_fake (eq. 2)")
-    d_steps: int = Field(1, ge=1, description="K_D")
-    g_steps: int = Field(1, ge=1, description="K_G")
+    d_steps: int = Field(1, ge=1, le=100, description="K_D")
+    g_steps: int = Field(1, ge=1, le=100, description="K_G")
     ema_decay: float | None = Field(0.95, ge=0.0, lt=1.0, description="None: return raw G")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class NegativePool:
@@ -123,7 +125,8 @@ def train_adversarial(
     ema = EMA(g, settings.ema_decay) if settings.ema_decay else None
 
     b = settings.batch_size
-    batches_per_epoch = max(1, len(real) // b)  # drop the ragged last batch: BatchNorm
+    per_epoch = len(real) if settings.epoch_images is None else min(len(real), settings.epoch_images)
+    batches_per_epoch = max(1, per_epoch // b)  # drop the ragged last batch: BatchNorm
     total = settings.epochs * batches_per_epoch
     history: list[dict[str, Any]] = []
     steps = {"iterations": 0, "d_steps": 0, "g_steps": 0}

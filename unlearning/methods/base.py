@@ -13,6 +13,12 @@ from torch import nn
 
 from unlearning.errors import CancelledError
 
+# upper bounds shared by the methods' hyperparameters: a spec is checked against them
+# before it is queued, so a typo cannot ask for a billion samples or a batch of 10^9
+MAX_BATCH = 4096
+MAX_SAMPLES = 100_000
+MAX_SEED = 2**63 - 1
+
 
 @dataclass
 class GAN:

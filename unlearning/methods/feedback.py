@@ -38,7 +38,7 @@ from torch import nn
 
 from unlearning.errors import SpecError
 from unlearning.marks import marked_latents
-from unlearning.methods.base import GAN, Callbacks, MethodResult
+from unlearning.methods.base import GAN, MAX_BATCH, MAX_SAMPLES, MAX_SEED, Callbacks, MethodResult
 from unlearning.methods.selection import BestEpoch, QualityProbe, epoch_monitor
 from unlearning.spec.checks import RedactionSet
 
@@ -52,19 +52,19 @@ class FeedbackHyperparameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float = Field(3.0, gt=0.0, description="weight of the unlearning term")
-    lr: float = Field(1e-3, gt=0.0)
+    alpha: float = Field(3.0, gt=0.0, le=1e3, description="weight of the unlearning term")
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
     steps: int = Field(1500, ge=1, le=1_000_000, description="Adam steps, each on a fresh batch of z")
-    batch_size: int = Field(128, ge=2)
-    check_every: int = Field(100, ge=1, description="steps between invalidity/quality checks")
-    ssim_window: int = Field(3, ge=3, description="SSIM window on images too small for MS-SSIM (odd)")
+    batch_size: int = Field(128, ge=2, le=MAX_BATCH)
+    check_every: int = Field(100, ge=1, le=1_000_000, description="steps between invalidity/quality checks")
+    ssim_window: int = Field(3, ge=3, le=15, description="SSIM window on images too small for MS-SSIM (odd)")
     boundary: float = Field(0.5, ge=0.0, le=1.0, description="t between the unmarked (0) and marked (1) mean "
                             "projections; the paper: 0.5 (the midpoint)")
-    monitor_samples: int = Field(2000, ge=0)
+    monitor_samples: int = Field(2000, ge=0, le=MAX_SAMPLES)
     target_invalidity: float = Field(0.001, ge=0.0, le=1.0)
-    patience: int | None = Field(None, ge=1, description="checks without improvement before stopping")
+    patience: int | None = Field(None, ge=1, le=10_000, description="checks without improvement before stopping")
     select_best: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class LatentDirection:

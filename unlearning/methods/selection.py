@@ -1,9 +1,13 @@
 """Per-epoch monitoring and checkpoint selection, shared by every adversarial method.
 
 After each epoch the returned generator is judged on fixed latents (invalidity by the
-redaction set's checks) and, when the caller passes a probe, on quality (FID). The epoch
-kept is the best-quality one among those at or under the invalidity target; before any
-epoch meets it, the one with the lowest invalidity.
+redaction set's checks) and, when the caller passes a probe, on quality (FID, and whether
+every retained class keeps enough of its share: ``balanced``). The epoch kept is the
+best-quality balanced one among those at or under the invalidity target; failing that,
+the most balanced one at or under it; before any epoch meets it, the one with the lowest
+invalidity. Selecting on balance too matters where a method can thin out a class that
+looks like what it removes (feedback on the DCGAN thinned the 1s while removing the
+left-leaning digits, and only some trajectories recovered).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ QualityProbe = Callable[[nn.Module], dict[str, Any]]
 
 
 class BestEpoch:
-    """Checkpoint selection: the lowest ``fid`` among epochs at or under the invalidity
-    target; before any epoch meets it, the lowest invalidity so far. ``offer`` returns
-    True once ``patience`` epochs passed without improvement while the target holds."""
+    """Checkpoint selection, best first: (0) at or under the invalidity target and
+    ``balanced``, lowest ``fid``; (1) at or under the target, highest ``class_balance``;
+    (2) lowest invalidity. ``offer`` returns True once ``patience`` epochs passed without
+    improvement while tier 0 holds."""
 
     def __init__(self, target_invalidity: float, patience: int | None):
         self.target_invalidity = target_invalidity
@@ -35,7 +40,12 @@ class BestEpoch:
     def offer(self, epoch: int, generator: nn.Module, record: dict[str, Any]) -> bool:
         invalidity = record.get("invalidity", 0.0)
         met = invalidity <= self.target_invalidity
-        key = (0.0, record.get("fid", -epoch)) if met else (1.0, invalidity)
+        if met and record.get("balanced", True):
+            key = (0.0, record.get("fid", -epoch))
+        elif met:
+            key = (1.0, -record.get("class_balance", 0.0))
+        else:
+            key = (2.0, invalidity)
         if self.key is None or key < self.key:
             self.key, self.epoch = key, epoch
             self.state = {k: v.detach().clone() for k, v in generator.state_dict().items()}

@@ -1,7 +1,11 @@
-"""A small CNN image classifier: the domain's label classifier.
+"""Small CNN image classifiers: a domain's two label classifiers.
 
-It judges invalidity (which label a sample shows), gives IS its logits, and its penultimate
-layer is the default feature extractor for FID ("classifier FID").
+* ``Classifier`` is the *guide*: the classifier specs name and methods may train against
+  (its gradient guides the discriminator, eq. 6 of Kong & Chaudhuri).
+* ``JudgeClassifier`` is the *judge*: another architecture (batch-normalised stride-2
+  convolutions and global pooling, where the guide uses max pooling and a 2x2 grid),
+  trained on a disjoint half of the data with another seed. No method, spec or attack is
+  ever handed it; it gives the independent numbers (invalidity, IS, FID features).
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ class Classifier(nn.Module):
         super().__init__()
         self.config = config or ClassifierConfig()
         c = self.config
-        self.body = nn.Sequential(
+        self.body = self._body(c)
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(c.feature_dim, c.num_classes)
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @staticmethod
+    def _body(c: ClassifierConfig) -> nn.Sequential:
+        return nn.Sequential(
             nn.Conv2d(c.channels, 32, 3, padding=1),
             nn.ReLU(True),
             nn.Conv2d(32, 64, 3, padding=1),
@@ -39,9 +50,6 @@ class Classifier(nn.Module):
             nn.Linear(128 * 4, c.feature_dim),
             nn.ReLU(True),
         )
-        self.dropout = nn.Dropout(0.3)
-        self.head = nn.Linear(c.feature_dim, c.num_classes)
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer activations: the default FID feature space.
@@ -59,6 +67,23 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits."""
         return self.head(self.dropout(self.features(x)))
+
+
+class JudgeClassifier(Classifier):
+    """The judge: same interface as the guide, another architecture."""
+
+    kind = "judge-cnn"
+
+    @staticmethod
+    def _body(c: ClassifierConfig) -> nn.Sequential:
+        def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+        return nn.Sequential(
+            *block(c.channels, 48, 1), *block(48, 48, 2), *block(48, 96, 1), *block(96, 96, 2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(96, c.feature_dim), nn.ReLU(True),
+        )
 
 
 class PenultimateFeatures(nn.Module):

@@ -14,25 +14,40 @@ from torch import nn
 
 
 class DCGANConfig(BaseModel):
-    resolution: int = Field(8, description="image side in pixels; a power of two >= 8")
+    resolution: int = Field(8, ge=8, le=256, description="image side in pixels: 2^k times a start side of 2 to 7")
     channels: int = Field(1, ge=1, le=4)
     latent_dim: int = Field(128, ge=1, description="the papers use 128")
     width: int = Field(64, ge=8, description="feature maps in the widest layer next to the image")
 
     @field_validator("resolution")
     @classmethod
-    def _power_of_two(cls, value: int) -> int:
-        if value < 8 or value & (value - 1):
-            raise ValueError("resolution must be a power of two >= 8")
+    def _halves_to_a_start_side(cls, value: int) -> int:
+        if _start_side(value) is None:
+            raise ValueError(f"resolution {value} does not halve to a side of 2 to 7 in one or more steps "
+                             "(e.g. 8, 16, 28, 32, 48, 64)")
         return value
 
     @property
     def start_side(self) -> int:
-        return 2 if self.resolution == 8 else 4
+        return _start_side(self.resolution)  # type: ignore[return-value]
 
     @property
     def n_scales(self) -> int:
         return int(math.log2(self.resolution // self.start_side))
+
+
+def _start_side(resolution: int) -> int | None:
+    """The feature map side the generator starts from: 2 for 8 (the digits default), 4 for
+    other powers of two, else the resolution halved while it stays even and above 7 (28 ->
+    7, 48 -> 6). None if that takes no halving (an odd side, or one under 8)."""
+    if resolution == 8:
+        return 2
+    if resolution & (resolution - 1) == 0:
+        return 4
+    side = resolution
+    while side % 2 == 0 and side > 7:
+        side //= 2
+    return side if side != resolution and 2 <= side <= 7 else None
 
 
 class Generator(nn.Module):

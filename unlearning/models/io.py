@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unlearning.errors import LetheError
-from unlearning.models.classifier import Classifier, ClassifierConfig
+from unlearning.models.classifier import Classifier, ClassifierConfig, JudgeClassifier
 from unlearning.models.dcgan import DCGANConfig, Discriminator, Generator
 from unlearning.models.inpainter import Inpainter, InpainterConfig
 from unlearning.models.vae import Decoder, Encoder, VAEConfig
@@ -21,6 +21,7 @@ MODEL_KINDS: dict[str, tuple[type[nn.Module], type[BaseModel]]] = {
     Generator.kind: (Generator, DCGANConfig),
     Discriminator.kind: (Discriminator, DCGANConfig),
     Classifier.kind: (Classifier, ClassifierConfig),
+    JudgeClassifier.kind: (JudgeClassifier, ClassifierConfig),
     Decoder.kind: (Decoder, VAEConfig),
     Encoder.kind: (Encoder, VAEConfig),
     Inpainter.kind: (Inpainter, InpainterConfig),

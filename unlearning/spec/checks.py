@@ -71,6 +71,7 @@ from unlearning.spec.schema import (
     Score,
     ValiditySet,
     find_validity_plugin,
+    walk_rules,
 )
 
 __all__ = [
@@ -83,6 +84,7 @@ __all__ = [
     "NearestNeighbourJudge",
     "RedactionSet",
     "build_redaction_set",
+    "judge_mirror",
     "EXACT_MATCH_TOLERANCE",
 ]
 
@@ -143,6 +145,12 @@ def _logits(module: nn.Module, x: Tensor, name: str = "") -> Tensor:
     return out
 
 
+def _require_index(label: int | str) -> None:
+    if not isinstance(label, int):
+        raise SpecError(f"label {label!r} is a name: resolve names against the classifier's labels "
+                        "(unlearning.spec.labels.resolve_label_names) before building Omega")
+
+
 def soft_score(score: Score, logits: Tensor) -> Tensor:
     """The soft classifier f in [0, 1] (0 = has the property) from logits (N, K); differentiable.
 
@@ -151,6 +159,7 @@ def soft_score(score: Score, logits: Tensor) -> Tensor:
     """
     classes = logits.shape[1]
     if isinstance(score, OneMinusProb):
+        _require_index(score.label)
         if score.label >= classes:
             raise SpecError(f"score label {score.label} is out of range for a classifier with {classes} classes")
         return 1.0 - torch.softmax(logits, dim=1)[:, score.label]
@@ -234,6 +243,8 @@ def _plugin_check(rule: PluginRule) -> Callable[[Tensor], Tensor]:
 def _rule_check(rule: Rule, get: Callable[[str], nn.Module]) -> Callable[[Tensor], Tensor]:
     if isinstance(rule, ClassifierLabelRule):
         module = get(rule.classifier)
+        for label in rule.labels:
+            _require_index(label)
         labels = torch.tensor(rule.labels, dtype=torch.long)
 
         def label_check(x: Tensor) -> Tensor:
@@ -605,3 +616,39 @@ def build_redaction_set(
         rule_margins=margins,
         ungradable=ungradable,
     )
+
+
+def _names_only(rule: Rule, guide: str) -> bool | None:
+    """Whether a rule tree asks the guide and nothing opaque: True (it names the guide, and
+    otherwise only exact pixel rules), False (it names another classifier or a plugin),
+    None (no classifier at all)."""
+    named = False
+    for sub in walk_rules(rule):
+        if isinstance(sub, PluginRule):
+            return False
+        if isinstance(sub, (ClassifierLabelRule, ClassifierScoreRule)):
+            if sub.classifier != guide:
+                return False
+            named = True
+    return True if named else None
+
+
+def judge_mirror(spec: ForgetSpec, guide: str, judge: nn.Module) -> RedactionSet | None:
+    """The spec's label-based checks asked of the domain's judge instead of its guide: the
+    same question, put to a classifier no method saw. A method can lower what its guide
+    calls invalid by fooling the guide; it cannot fool the judge it never met.
+
+    Mirrored: classifier sets naming the guide, and validity rules whose classifiers are
+    all the guide (exact pixel rules inside them stay as they are). Not mirrored: sets
+    naming another classifier (an upload), plugins, data and feedback sets. None when no
+    set names the guide: such a spec has no label-based check to ask twice."""
+    kept = []
+    for s in spec.sets:
+        if isinstance(s, ClassifierSet) and s.classifier == guide:
+            kept.append(s)
+        elif isinstance(s, ValiditySet) and _names_only(s.rule, guide):
+            kept.append(s)
+    if not kept:
+        return None
+    mirrored = spec.model_copy(update={"sets": kept})
+    return build_redaction_set(mirrored, dict_resolver({guide: judge}))

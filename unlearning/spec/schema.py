@@ -37,6 +37,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_serializer,
     model_validator,
@@ -44,6 +45,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from unlearning.errors import SpecError
+from unlearning.names import NAME, NAME_RULE, is_name, shown
+from unlearning.spec.bounds import MAX_DEPTH, BoundedComposer, check_data, check_text
 
 __all__ = [
     "METHODS",
@@ -126,16 +129,46 @@ class _Strict(BaseModel):
 _Probability = Annotated[float, Field(allow_inf_nan=False)]
 
 
+def _classifier_name(name: str) -> str:
+    """A registry classifier's name, or the file name of an ONNX classifier uploaded with
+    the request: never a path (``../x.onnx``, ``/srv/x.onnx``)."""
+    if not is_name(name):
+        raise PydanticCustomError(
+            "classifier_name",
+            "{name} is not a classifier name: use a registry classifier's name or the file name of an "
+            "ONNX classifier uploaded with the request ({rule})",
+            {"name": shown(name), "rule": NAME_RULE},
+        )
+    return name
+
+
+ClassifierName = Annotated[str, AfterValidator(_classifier_name),
+                           WithJsonSchema({"type": "string", "pattern": NAME.pattern, "maxLength": 64})]
+
+
 # --------------------------------------------------------------------------------------
 # Scores: soft classifiers f(x) in [0, 1], 0 = "has the property" (Kong & Chaudhuri Alg. 3)
 # --------------------------------------------------------------------------------------
+
+
+# A class: its index, or its name among the classifier's labels ("Trouser"); names are
+# resolved against the classifier before Omega is built (``labels.py``).
+def _label(value: int | str) -> int | str:
+    if isinstance(value, bool) or (isinstance(value, int) and value < 0):
+        raise PydanticCustomError("label", "should be greater than or equal to 0 (got {value})", {"value": value})
+    if isinstance(value, str) and not 1 <= len(value) <= 128:
+        raise PydanticCustomError("label", "a label name must have 1 to 128 characters")
+    return value
+
+
+Label = Annotated[Union[int, str], Field(union_mode="left_to_right"), AfterValidator(_label)]
 
 
 class OneMinusProb(_Strict):
     """f(x) = 1 - softmax(logits(x))[label]: label redaction (IV-A)."""
 
     type: Literal["one_minus_prob"] = "one_minus_prob"
-    label: int = Field(ge=0)
+    label: Label
 
 
 class OneMinusEntropy(_Strict):
@@ -157,15 +190,15 @@ class ClassifierLabelRule(_Strict):
     """Invalid when the classifier's argmax is one of ``labels`` (label redaction, IV-A)."""
 
     type: Literal["classifier_label"] = "classifier_label"
-    classifier: str = Field(min_length=1)
-    labels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    classifier: ClassifierName
+    labels: list[Label] = Field(min_length=1)
 
 
 class ClassifierScoreRule(_Strict):
     """Invalid when the soft score f(x) < tau."""
 
     type: Literal["classifier_score"] = "classifier_score"
-    classifier: str = Field(min_length=1)
+    classifier: ClassifierName
     score: Score
     tau: _Probability = Field(0.5, gt=0.0, lt=1.0)
 
@@ -288,14 +321,20 @@ AllOfRule.model_rebuild()
 # --------------------------------------------------------------------------------------
 
 
+MAX_FILE_NAME = 128  # as an upload's name may be; far under the file system's 255 bytes
+
+
 def _plain_file_name(name: str) -> str:
     if not name:
         raise PydanticCustomError("file_name", "file name is empty")
+    if len(name) > MAX_FILE_NAME:
+        raise PydanticCustomError("file_name", "{name} is longer than {n} characters",
+                                  {"name": shown(name), "n": MAX_FILE_NAME})
     if "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
         raise PydanticCustomError(
             "file_name",
             "{name} is not a plain file name (no path separators, '.' or '..')",
-            {"name": repr(name)},
+            {"name": shown(name)},
         )
     return name
 
@@ -321,7 +360,7 @@ class ClassifierSet(_Strict):
     """Omega = {x : f(x) < tau} for a soft classifier f built from a registry classifier (Alg. 3)."""
 
     kind: Literal["classifier"] = "classifier"
-    classifier: str = Field(min_length=1)
+    classifier: ClassifierName
     score: Score
     tau: _Probability = Field(0.5, gt=0.0, lt=1.0)
 
@@ -370,10 +409,22 @@ ForgetSet = Annotated[
 class Gates(_Strict):
     """What a candidate must pass before promotion."""
 
-    max_invalidity: _Probability = Field(0.001, ge=0.0, le=1.0)
-    max_fid_increase: float = Field(5.0, ge=0.0, allow_inf_nan=False)
+    max_invalidity: _Probability = Field(0.001, ge=0.0, le=1.0, description="by the spec's own checks")
+    max_judge_invalidity: _Probability | None = Field(
+        None, ge=0.0, le=1.0,
+        description="the same label-based checks asked of the domain's judge; default: max(0.01, max_invalidity)",
+    )
+    max_fid_increase: float | None = Field(
+        None, ge=0.0, allow_inf_nan=False,
+        description="FID may rise at most this much over the filtered parent (in the extractor's units; off by default)")
+    max_fid_ratio: float | None = Field(
+        2.0, ge=1.0, allow_inf_nan=False,
+        description="FID may be at most this multiple of the filtered parent's (scale-free, so it means the same "
+                    "on every domain and extractor)")
     eval_samples: int = Field(50_000, ge=100, le=1_000_000)
     max_attack_invalidity: _Probability | None = Field(None, ge=0.0, le=1.0)
+    attack_starts: int = Field(256, ge=0, le=100_000,
+                               description="random latents the worst-case attack climbs from (0: no attack)")
     min_class_share_ratio: _Probability = Field(
         0.5,
         ge=0.0,
@@ -396,7 +447,7 @@ def _slug(name: str) -> str:
         raise PydanticCustomError(
             "slug",
             "{name} is not a slug (1..64 letters, digits, '-' or '_')",
-            {"name": repr(name)},
+            {"name": shown(name)},
         )
     return name
 
@@ -481,9 +532,11 @@ _OWN_MESSAGES = {
     "assertion_error",
     "unknown_rule_type",
     "file_name",
+    "classifier_name",
     "slug",
     "duplicate_index",
     "index_out_of_range",
+    "label",
 }
 
 
@@ -548,9 +601,10 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
     return text
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(BoundedComposer, yaml.SafeLoader):
     """``yaml.SafeLoader`` (no arbitrary objects) that refuses duplicate keys, so that a
-    repeated key is a typo caught rather than a value silently replaced."""
+    repeated key is a typo caught rather than a value silently replaced, and refuses
+    documents whose aliases or nesting break the bounds (``bounds.py``) before building them."""
 
 
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
@@ -589,11 +643,14 @@ def _parse_text(text: str, fmt: str | None = None) -> Any:
     stripped = text.lstrip("\ufeff").strip()
     if not stripped:
         raise SpecError("spec is empty")
+    check_text(stripped)
     looks_json = fmt == "json" or (fmt is None and stripped[:1] in "{[")
     json_error: str | None = None
     if looks_json:
         try:
             return json.loads(stripped, object_pairs_hook=_json_unique)
+        except RecursionError:
+            raise SpecError(f"spec nests mappings and lists more than {MAX_DEPTH} deep; flatten it") from None
         except json.JSONDecodeError as exc:
             json_error = str(exc)
         except ValueError as exc:  # duplicate key
@@ -667,6 +724,7 @@ def load_spec(source: str | Path | bytes | dict | ForgetSpec) -> ForgetSpec:
         )
     if data is None:
         raise SpecError("spec is empty")
+    check_data(data)  # parsed, not yet validated: bounded depth and size
     if not isinstance(data, dict):
         raise SpecError(
             f"spec must be a mapping (a JSON object or YAML mapping) at the top level, got {_kind_name(data)}"

@@ -11,10 +11,12 @@ from pathlib import Path
 
 from unlearning.errors import LetheError
 from unlearning.store.liveness import this_worker
+from unlearning.store.objects import StorageUnavailableError
 from unlearning.store.queue import JobQueue
 from unlearning.store.records import (
     ACTIVE_STATES, AUDIT_ACTIONS, AUDIT_MAX_LIMIT, FINAL_STATES, JOB_STATES, WORKER_ACTOR, AuditAction, AuditEntry,
-    JobFinishedError, JobRecord, JobState, JobStoreBusyError, JobStoreError, StoredVersion, StoreUnavailableError,
+    JobFinishedError, JobRecord, JobState, JobStoreBusyError, JobStoreError, QueueFullError, StoredVersion,
+    StoreUnavailableError,
 )
 from unlearning.store.sqlite import DB_NAME, SqliteJobStore
 
@@ -23,8 +25,8 @@ JobStore = JobQueue  # the interface both back ends implement
 __all__ = [
     "ACTIVE_STATES", "AUDIT_ACTIONS", "AUDIT_MAX_LIMIT", "DB_NAME", "FINAL_STATES", "JOB_STATES", "WORKER_ACTOR",
     "AuditAction", "AuditEntry", "JobFinishedError", "JobRecord", "JobState", "JobStore", "JobStoreBusyError",
-    "JobStoreError", "SqliteJobStore", "StoreUnavailableError", "StoredVersion", "database_url", "open_store",
-    "registry_url", "this_worker",
+    "JobStoreError", "QueueFullError", "SqliteJobStore", "StorageUnavailableError", "StoreUnavailableError",
+    "StoredVersion", "database_url", "open_store", "registry_url", "this_worker",
 ]
 
 

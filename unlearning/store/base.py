@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from unlearning.errors import NotFoundError
+from unlearning.names import shown
 from unlearning.store.records import JobRecord
 
 
@@ -57,5 +58,5 @@ class SqlStore:
         if isinstance(job_id, str):
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise NotFoundError(f"job {job_id!r} not found")
+            raise NotFoundError(f"job {shown(job_id)} not found")
         return row

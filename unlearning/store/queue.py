@@ -31,8 +31,8 @@ from unlearning.store.audit import AuditTrail
 from unlearning.store.base import ACTIVE_SQL, Connection
 from unlearning.store.liveness import worker_gone
 from unlearning.store.records import (
-    ACTIVE_STATES, FINAL_STATES, WORKER_ACTOR, JobFinishedError, JobRecord, JobState, StoredVersion,
-    after_storing, check_states, dumps, dumps_plain, now,
+    ACTIVE_STATES, FINAL_STATES, WORKER_ACTOR, JobFinishedError, JobRecord, JobState, QueueFullError,
+    StoredVersion, after_storing, check_states, dumps, dumps_plain, now,
 )
 
 log = logging.getLogger("unlearning.store")
@@ -55,21 +55,26 @@ class JobQueue(AuditTrail):
         with self._connect() as conn:
             return self._record(self._row(conn, job_id))
 
-    def list(self, limit: int = 100, states: Iterable[JobState] | None = None) -> list[JobRecord]:
-        """Up to ``limit`` jobs (in ``states``, if given), newest first."""
+    def list(self, limit: int = 100, states: Iterable[JobState] | None = None,
+             before: str | None = None) -> list[JobRecord]:
+        """Up to ``limit`` jobs (in ``states``, if given), newest first; with ``before`` (a
+        job id), only the jobs submitted before that one (the next page)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise LetheError(f"limit must be a positive whole number, not {limit!r}")
         chosen = check_states(states)
-        query, params = "SELECT * FROM jobs", []
+        where, params = [], []
         if chosen is not None:
             if not chosen:
                 return []
-            query += f" WHERE state IN ({', '.join('?' * len(chosen))})"
+            where.append(f"state IN ({', '.join('?' * len(chosen))})")
             params.extend(chosen)
-        query += " ORDER BY seq DESC LIMIT ?"
-        params.append(limit)
         with self._connect() as conn:
-            return [self._record(row) for row in conn.execute(query, params).fetchall()]
+            if before is not None:
+                where.append("seq < ?")
+                params.append(self._row(conn, before)["seq"])
+            query = "SELECT * FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "")
+            return [self._record(row) for row in conn.execute(query + " ORDER BY seq DESC LIMIT ?",
+                                                                [*params, limit]).fetchall()]
 
     def cancel_requested(self, job_id: str) -> bool:
         """Whether the worker running ``job_id`` should stop: a cancel was requested, or the
@@ -91,12 +96,20 @@ class JobQueue(AuditTrail):
         uploads_dir: str | Path | None = None,
         model: str | None = None,
         detail: dict[str, Any] | None = None,
+        max_queued: int | None = None,
     ) -> JobRecord:
         """Store a new job, queued, with its ``submit`` audit entry (``model`` and ``detail``,
-        e.g. the method, go to that entry) in the same transaction."""
+        e.g. the method, go to that entry) in the same transaction. With ``max_queued``,
+        QueueFullError when that many jobs are queued already (counted in the transaction,
+        under the write lock: instances sharing the database cannot overshoot it together)."""
         spec_json = dumps_plain(spec, "the forget specification")
         job_id, stamp = uuid.uuid4().hex, now()
         with self._write() as conn:
+            if max_queued is not None:
+                queued = conn.execute("SELECT count(*) AS n FROM jobs WHERE state = 'queued'").fetchone()["n"]
+                if queued >= max_queued:
+                    raise QueueFullError(f"{queued} jobs are queued, the limit (LETHE_MAX_QUEUED_JOBS={max_queued}); "
+                                         "wait for some to start, or cancel one, and submit again")
             conn.execute(
                 """INSERT INTO jobs (id, state, spec, spec_hash, spec_name, parent, actor,
                    uploads_dir, created_at, updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -156,6 +169,8 @@ class JobQueue(AuditTrail):
                 return self._record(row)
             if row["state"] not in ACTIVE_STATES:
                 raise LetheError(f"job {job_id} is {row['state']}: it has not been claimed by a worker")
+            if row["state"] == "validating":
+                state = "validating"  # a job never goes back to running once it validates
             old = json.loads(row["progress_info"] or "{}")
             new = dict(info or {})
             merged = new if "stage" in new and new["stage"] != old.get("stage") else {**old, **new}

@@ -37,6 +37,10 @@ class StoreUnavailableError(JobStoreError):
     """The database server cannot be reached right now (restarting, network): try again."""
 
 
+class QueueFullError(LetheError):
+    """As many jobs are queued as the limit allows (``submit``'s ``max_queued``)."""
+
+
 class JobFinishedError(LetheError):
     """The job already ended (promoted, rejected, failed or cancelled): it cannot change."""
 

@@ -1,0 +1,104 @@
+"""The gates a candidate must pass before promotion, and the numbers each one reads.
+
+Generators: ``invalidity`` (the spec's own checks: what the method optimised),
+``judge_invalidity`` (the same label-based checks asked of the domain's judge, which no
+method sees; present when the spec names the guide), ``fid_ratio`` (and ``fid_increase``
+when asked; the judge's features, against the parent filtered by the judge),
+``class_balance`` (the judge's classes),
+optionally ``attack_invalidity``, and ONNX parity. Image-to-image models: retain and forget
+FID ratios, and parity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unlearning.jobs.outcome import Gate
+from unlearning.metrics import min_share_ratio
+from unlearning.spec import ForgetSpec
+
+PARITY_LIMIT = 1e-4
+DEFAULT_MAX_JUDGE_INVALIDITY = 0.01
+
+
+def forgotten_classes(parent: dict[str, Any], share_of_class_in_omega: float = 0.5) -> set[int]:
+    """Classes (the judge's) most of whose samples, in the parent, lie in Omega: the ones
+    being forgotten, which the class-balance gate must not count."""
+    counts = [round(s * parent["samples"]) for s in parent["class_shares"]]
+    omega_counts = parent.get("omega_class_counts") or [0] * len(counts)
+    return {k for k, (c, o) in enumerate(zip(counts, omega_counts)) if c and o / c >= share_of_class_in_omega}
+
+
+def max_judge_invalidity(spec: ForgetSpec) -> float:
+    """The judge's limit: the spec's, else the larger of 1 % and the guide's limit. The judge
+    disagrees with the guide on a share of ambiguous samples, so its limit is looser."""
+    g = spec.gates
+    if g.max_judge_invalidity is not None:
+        return g.max_judge_invalidity
+    return max(DEFAULT_MAX_JUDGE_INVALIDITY, g.max_invalidity)
+
+
+def generator_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, Any], parity: float) -> list[Gate]:
+    g = spec.gates
+    gates = []
+    if "invalidity" in after:
+        gates.append(Gate(name="invalidity", value=after["invalidity"], limit=g.max_invalidity,
+                          passed=after["invalidity"] <= g.max_invalidity,
+                          detail=f"by the spec's checks on {after['samples']} fresh samples"))
+    if "judge_invalidity" in after:
+        limit = max_judge_invalidity(spec)
+        gates.append(Gate(name="judge_invalidity", value=after["judge_invalidity"], limit=limit,
+                          passed=after["judge_invalidity"] <= limit,
+                          detail=f"the label-based checks asked of {after['judged_by']['judge_invalidity']}, "
+                                 "which no method sees"))
+    # Against the parent filtered by the same checks: the unfiltered parent still makes the
+    # samples being forgotten, which the retained-data reference lacks, so its FID is inflated
+    # and any redaction would look like an improvement.
+    if before.get("filtered_fid") is not None:
+        baseline = before["filtered_fid"]
+        against = f"parent filtered by {before['judged_by']['filtered_fid']}"
+    else:
+        baseline, against = before["fid"], "parent"
+    detail = f"against the {against} ({baseline:.4g}); extractor {after['extractor']}"
+    if g.max_fid_ratio is not None:
+        ratio = after["fid"] / max(baseline, 1e-9)
+        gates.append(Gate(name="fid_ratio", value=ratio, limit=g.max_fid_ratio, passed=ratio <= g.max_fid_ratio,
+                          detail=detail))
+    if g.max_fid_increase is not None:
+        increase = after["fid"] - baseline
+        gates.append(Gate(name="fid_increase", value=increase, limit=g.max_fid_increase,
+                          passed=increase <= g.max_fid_increase, detail=detail))
+    excluded = forgotten_classes(before)
+    ratio = min_share_ratio(before["class_shares"], after["class_shares"], excluded)
+    gates.append(Gate(name="class_balance", value=ratio if ratio != float("inf") else None,
+                      limit=g.min_class_share_ratio, passed=ratio >= g.min_class_share_ratio,
+                      detail=f"smallest retained-class share ratio by {after['judged_by']['class_shares']}; "
+                             f"forgotten classes {sorted(excluded)}"))
+    if g.max_attack_invalidity is not None:
+        worst = after["attack"]["worst_case"]
+        gates.append(Gate(name="attack_invalidity", value=worst, limit=g.max_attack_invalidity,
+                          passed=worst <= g.max_attack_invalidity,
+                          detail=f"worst case of latent gradient ascent from {after['attack']['starts']} starts "
+                                 "and truncation extremes"))
+    gates.append(Gate(name="onnx_parity", value=parity, limit=PARITY_LIMIT, passed=parity <= PARITY_LIMIT,
+                      detail="max abs difference, PyTorch vs ONNX Runtime, 256 latents"))
+    return gates
+
+
+def image_to_image_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, Any],
+                         parity: float) -> list[Gate]:
+    g = spec.gates
+    retain_ratio = after["retain"]["fid"] / max(before["retain"]["fid"], 1e-9)
+    forget_ratio = after["forget"]["fid"] / max(before["forget"]["fid"], 1e-9)
+    extractor = after["extractor"]
+    return [
+        Gate(name="retain_fid_ratio", value=retain_ratio, limit=g.max_retain_fid_ratio,
+             passed=retain_ratio <= g.max_retain_fid_ratio,
+             detail=f"restorations of {after['retain']['images']} held-out retain images against the real ones, "
+                    f"candidate over parent; extractor {extractor}"),
+        Gate(name="forget_fid_ratio", value=forget_ratio, limit=g.min_forget_fid_ratio,
+             passed=forget_ratio >= g.min_forget_fid_ratio,
+             detail=f"restorations of {after['forget']['images']} forget images, candidate over parent (at least)"),
+        Gate(name="onnx_parity", value=parity, limit=PARITY_LIMIT, passed=parity <= PARITY_LIMIT,
+             detail="max abs difference, PyTorch vs ONNX Runtime, on the evaluation inputs"),
+    ]
