@@ -1,5 +1,5 @@
-"""The registry on shared storage: versions and classifiers in S3-compatible object storage
-(moto's server), the active pointer and version numbers in PostgreSQL, two registries with
+"""The registry on shared storage: versions, classifiers and domains in S3-compatible object
+storage (moto's server), the active pointer and version numbers in PostgreSQL, two registries with
 separate LETHE_HOMEs as two instances would have them. Folders are published complete or
 not at all (files, then the manifest), downloaded into a verified local cache, and what was
 cached stays readable while the object storage is down."""
@@ -191,3 +191,43 @@ def test_uploads_and_reports_reach_the_other_instance(shared, tmp_path):
     shutil.rmtree(report)
     assert (b.report("job-1") / "index.html").read_text() == "<html>report</html>"
     assert not b.report("job-2").exists()
+
+
+def test_domains_reach_the_other_instance_and_data_read_in_place_is_checked(shared, tmp_path):
+    """A job on another node needs its parent's domain (the judge, the splits, the reference
+    statistics): it is a folder like a classifier, fetched and verified where it is used."""
+    from conftest import flip_a_byte
+    from unlearning.registry import sha256_file
+
+    a, b = _instance(tmp_path, "a", shared), _instance(tmp_path, "b", shared)
+    data = tmp_path / "debian" / "train-images.gz"  # as Debian's Fashion-MNIST: read in place, not copied
+    data.parent.mkdir()
+    data.write_bytes(b"images" * 100)
+
+    def write(folder: Path) -> None:
+        (folder / "judge.safetensors").write_bytes(b"judge weights" * 50)
+        (folder / "splits.npz").write_bytes(b"splits")
+
+    fields = {"labels": ["a", "b"], "image_shape": (1, 8, 8), "builtin": "tiny", "guide": "tiny",
+              "references": {str(data): sha256_file(data)}}
+    made = a.register_domain("tiny", write, fields)
+    with pytest.raises(LetheError, match="already exists"):
+        b.register_domain("tiny", write, fields)
+
+    assert [d.name for d in b.list_domains()] == ["tiny"] and b.get_domain("tiny") == made
+    assert not (tmp_path / "b" / "domains" / "tiny").exists()  # b's home never saw it
+    assert b.verify_domain("tiny") == made  # its files fetched into b's cache and checked
+    folder = b.domain_dir("tiny")
+    assert folder == tmp_path / "b" / "domains" / "tiny"
+    assert (folder / "judge.safetensors").read_bytes() == b"judge weights" * 50
+
+    flip_a_byte(folder / "judge.safetensors")  # a cached copy that rots is fetched again
+    assert b.verify_domain("tiny") == made and (folder / "judge.safetensors").read_bytes() == b"judge weights" * 50
+    data.write_bytes(b"other images")  # the data it reads in place changed under it: refused
+    with pytest.raises(IntegrityError, match="changed since the domain was registered"):
+        b.verify_domain("tiny")
+    data.unlink()
+    with pytest.raises(IntegrityError, match="which is missing"):
+        a.verify_domain("tiny")
+    with pytest.raises(NotFoundError, match="known domains: tiny"):
+        b.get_domain("nope")
