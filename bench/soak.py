@@ -488,7 +488,7 @@ class SharedStorage:
         log(f"shared storage: {self.env['LETHE_REGISTRY_URL']} and a PostgreSQL database")
 
     def seed(self, home: Path, scratch: Path) -> list[Path]:
-        """The copied home's classifiers, versions and pointers into the shared storage;
+        """The copied home's domains, classifiers, versions and pointers into the shared storage;
         two empty homes for the two instances."""
         from backends import publish_home
         from unlearning.registry import Registry

@@ -193,13 +193,14 @@ class TcpProxy:
 
 
 def publish_home(home: Path, target) -> None:
-    """Every classifier and version of the local registry in ``home``, with its manifest
-    unchanged, into ``target`` (a Registry on shared storage), and the same active
+    """Every domain, classifier and version of the local registry in ``home``, with its
+    manifest unchanged, into ``target`` (a Registry on shared storage), and the same active
     pointers: a bootstrapped home moved to PostgreSQL and S3."""
     from unlearning.registry import Registry
 
     source = Registry(home, database_url_="", registry_url_="")
-    pairs = [(source._classifiers, target._classifiers, m.name, m) for m in source.list_classifiers()]
+    pairs = [(source._domains, target._domains, m.name, m) for m in source.list_domains()]
+    pairs += [(source._classifiers, target._classifiers, m.name, m) for m in source.list_classifiers()]
     pairs += [(source._versions, target._versions, m.version, m) for m in source.list_versions()]
     for src, dst, name, manifest in pairs:
         staged = dst.staging()
