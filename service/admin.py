@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from service.admin_auth import ACTOR_SCOPE_KEY, BearerAuth
+from service.admin_auth import ACTOR_SCOPE_KEY, BearerAuth, actor_key
 from service.http_limits import RequestTooLarge
 from service.settings import Settings
 from service.uploads import remove_ended
@@ -113,7 +113,8 @@ class AdminAPI:
             # Starlette's own refusals (no such route, wrong method, too many files): JSON too
             HTTPException: lambda request, exc: error(exc.status_code, str(exc.detail)),
         })
-        return BearerAuth(app, self.settings.admin_token, self.settings.home)
+        key = actor_key(self.settings.home, self.store) if self.settings.admin_token else (lambda: b"")
+        return BearerAuth(app, self.settings.admin_token, key)
 
     def _public(self, message: str) -> str:
         """An error message as a client may read it: where the server keeps its files is its own."""

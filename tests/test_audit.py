@@ -207,6 +207,39 @@ def test_an_old_database_is_upgraded_in_place(tmp_path):
     assert [e.job_id for e in SqliteJobStore(path).audit_log()] == [new.id, "b" * 32]
 
 
+def test_one_token_is_one_actor_on_every_instance_sharing_the_trail(postgres, tmp_path):
+    """With PostgreSQL, instances on several nodes have homes of their own: the key of the
+    token fingerprints lives with the trail, so one token is one actor on all of them."""
+    from service.admin_auth import actor_key, fingerprint
+
+    url = postgres.new_database()
+    keys = [actor_key(tmp_path / name, open_store(url=url)) for name in ("a", "b")]  # asks nothing yet
+    assert keys[0]() == keys[1]() and len(keys[0]()) == 32
+    assert fingerprint(b"token", keys[0]()) == fingerprint(b"token", keys[1]())
+    assert not list(tmp_path.rglob("audit.key"))
+    home = tmp_path / "c"  # SQLite: the home's own file, as every worker and replica on it reads
+    home.mkdir()
+    key = actor_key(home, SqliteJobStore(home / "jobs.sqlite"))
+    assert (home / "audit.key").read_bytes() == key() != keys[0]()
+
+
+def test_a_postgres_database_of_schema_1_is_upgraded_in_place(postgres):
+    import psycopg
+
+    from unlearning.store.migrations import POSTGRES_MIGRATIONS
+
+    url = postgres.new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in POSTGRES_MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+    store = open_store(url=url)
+    assert len(store.shared_secret("x")) == 32 and store.shared_secret("x") == reopened(store).shared_secret("x")
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+
+
 def test_a_failed_audit_write_never_fails_an_activation(tmp_path, caplog):
     class Manifest:  # what record_activation reads of a version's manifest
         version, model, parent, status = "digits-v2", "digits", "digits-v1", "promoted"

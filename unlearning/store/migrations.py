@@ -73,7 +73,7 @@ assert sorted(SQLITE_MIGRATIONS) == list(range(2, SQLITE_SCHEMA_VERSION + 1))
 
 # --------------------------------------------------------------------------- PostgreSQL
 
-POSTGRES_SCHEMA_VERSION = 1
+POSTGRES_SCHEMA_VERSION = 2
 POSTGRES_MIGRATIONS: dict[int, list[str]] = {
     1: [
         f"""CREATE TABLE jobs (
@@ -132,6 +132,12 @@ POSTGRES_MIGRATIONS: dict[int, list[str]] = {
         """CREATE TABLE version_numbers (
             model TEXT PRIMARY KEY,
             last BIGINT NOT NULL
+        )""",
+    ],
+    2: [  # secrets every instance must agree on (the key of the audit trail's token fingerprints)
+        """CREATE TABLE shared_secrets (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
         )""",
     ],
 }

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -257,3 +258,12 @@ class PostgresJobStore(JobQueue):
     def _write(self) -> Iterator[Any]:
         with self.db.write() as conn:
             yield conn
+
+    def shared_secret(self, name: str) -> bytes:
+        """32 random bytes named ``name``, made by the first instance that asks and read
+        alike by every other one sharing this database."""
+        with self._write() as conn:
+            conn.execute("INSERT INTO shared_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                         (name, secrets.token_hex(32)))
+            row = conn.execute("SELECT value FROM shared_secrets WHERE name = ?", (name,)).fetchone()
+        return bytes.fromhex(row["value"])
