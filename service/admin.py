@@ -10,6 +10,7 @@ the separate job worker (``service/worker.py``), never in a serving worker.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import re
@@ -159,8 +160,9 @@ class AdminAPI:
                     max_queued=self.settings.max_queued_jobs,
                 )  # its audit entry is written in the same transaction: no job without one
             except BaseException:
-                if job_uploads is not None:  # no job refers to them: leave nothing behind
-                    shutil.rmtree(job_uploads, ignore_errors=True)
+                if job_uploads is not None:  # no job refers to them: leave nothing behind (published too)
+                    with contextlib.suppress(LetheError):
+                        self.registry.discard_uploads(job_uploads)
                 raise
             log.info("job %s submitted: %s (%s) from %s", job.id, spec.name, method, parent_manifest.version)
             return JSONResponse({"job_id": job.id, "state": job.state, "method": method,
@@ -234,7 +236,7 @@ class AdminAPI:
 
     async def cancel(self, request: Request) -> JSONResponse:
         job = self.store.cancel(request.path_params["job_id"], actor=_actor(request))
-        remove_ended(job, self.uploads_root)  # cancelled before it started: its uploads go now
+        await anyio.to_thread.run_sync(remove_ended, job, self.registry)  # cancelled before it started: now
         return JSONResponse(_job_view(job), status_code=202 if not job.final else 200)
 
     async def report(self, request: Request) -> HTMLResponse:

@@ -357,9 +357,9 @@ def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False, stall_s: 
     if ended:
         log.warning("ended %d job(s) interrupted by a previous crash: %s", len(ended), ", ".join(ended))
     for job_id in ended:
-        _remove_uploads(store, job_id, home)
+        _remove_uploads(store, registry, job_id)
     try:
-        sweep_uploads(store, home / "uploads")  # what a crash left: of jobs that ended, of unfinished requests
+        sweep_uploads(store, registry)  # what a crash left: of jobs that ended, of unfinished requests
     except LetheError as exc:
         log.warning("cannot look for leftover uploads now: %s", exc)
     last_recover = time.monotonic()
@@ -390,18 +390,18 @@ def serve_jobs(home: Path, *, poll_s: float = 1.0, once: bool = False, stall_s: 
                 return
             if not unreachable and time.monotonic() - last_recover > RECOVER_EVERY_S:
                 last_recover = time.monotonic()
-                _end_silent_jobs(store, registry, stall_s, home)
+                _end_silent_jobs(store, registry, stall_s)
             stopping.wait(poll_s)
             continue
         log.info("job %s: %s", job.id, job.spec_name)
         record = run_job_isolated(store, job, home, stall_s=stall_s)
         log.info("job %s ended %s%s", job.id, record.state, f": {record.reason}" if record.reason else "")
-        remove_ended(record, home / "uploads")
+        remove_ended(record, registry)
         if once:
             return
 
 
-def _end_silent_jobs(store: JobStore, registry: Registry, stall_s: float, home: Path) -> None:
+def _end_silent_jobs(store: JobStore, registry: Registry, stall_s: float) -> None:
     """End any active job whose heartbeats stopped well past the stall limit, whoever
     claimed it: its worker died with it (on another host, or killed with its instance),
     and would otherwise hold the one-job lock for ever."""
@@ -414,13 +414,13 @@ def _end_silent_jobs(store: JobStore, registry: Registry, stall_s: float, home: 
     if ended:
         log.warning("ended %d job(s) whose worker stopped sending heartbeats: %s", len(ended), ", ".join(ended))
     for job_id in ended:
-        _remove_uploads(store, job_id, home)
+        _remove_uploads(store, registry, job_id)
 
 
-def _remove_uploads(store: JobStore, job_id: str, home: Path) -> None:
+def _remove_uploads(store: JobStore, registry: Registry, job_id: str) -> None:
     """Delete the uploads of a job that ``recover`` ended (when it ended unserved)."""
     try:
-        remove_ended(store.get(job_id), home / "uploads")
+        remove_ended(store.get(job_id), registry)
     except LetheError as exc:  # the database went away again: the next start's sweep removes them
         log.warning("the uploads of job %s stay for now: %s", job_id, exc)
 

@@ -171,7 +171,7 @@ def _tiny_onnx() -> bytes:
     return buffer.getvalue()
 
 
-def test_uploads_and_reports_reach_the_other_instance(shared, tmp_path):
+def test_uploads_and_reports_reach_the_other_instance_and_uploads_are_deleted_everywhere(shared, tmp_path):
     a, b = _instance(tmp_path, "a", shared), _instance(tmp_path, "b", shared)
     staged = tmp_path / "a" / "uploads" / ".tmp-1-upload"
     staged.mkdir(parents=True)
@@ -182,6 +182,36 @@ def test_uploads_and_reports_reach_the_other_instance(shared, tmp_path):
     fetched = b.uploads(str(kept))  # the job record names a's path; b fetches the same files
     assert fetched == tmp_path / "b" / "uploads" / kept.name and (fetched / "negatives.npz").read_bytes() == b"npz bytes"
     assert b.uploads(str(tmp_path / "a" / "uploads" / "never-uploaded")).name == "never-uploaded"
+
+    _, bucket = shared
+    bucket_name, prefix = bucket[len("s3://"):].split("/", 1)
+    client = boto3.client("s3")
+
+    def stored(under: str) -> set[str]:
+        listed = client.list_objects_v2(Bucket=bucket_name, Prefix=f"{prefix}/{under}")
+        return {o["Key"][len(prefix) + 1:] for o in listed.get("Contents", [])}
+
+    # an upload's bytes are its own (never a shared blob), so a job that ends unserved takes them along
+    assert stored(f"uploads/{kept.name}/") == {f"uploads/{kept.name}/manifest.json",
+                                               f"uploads/{kept.name}/files/negatives.npz"}
+    assert not stored("blobs/")
+    assert b.discard_uploads(str(kept)) and not fetched.exists()
+    assert not stored(f"uploads/{kept.name}/") and not b.discard_uploads(str(kept))
+    assert not b.uploads(str(kept)).exists()  # no node can fetch them any more
+
+    # the job worker's sweep at start: what no job keeps goes, here and in the bucket, when the
+    # database (so every job that may refer to them) is shared; with S3 alone, only this node's
+    left = []
+    for i in range(3):
+        staged = tmp_path / "a" / "uploads" / f".tmp-1-left-{i}"
+        staged.mkdir()
+        (staged / "x.npz").write_bytes(b"left %d" % i)
+        left.append(a.keep_uploads(staged).name)
+    s3_only = Registry(tmp_path / "c", database_url_="", registry_url_=bucket)
+    assert s3_only.sweep_uploads(set(), older_than_s=0) == [] and len(stored("uploads/")) == 6
+    assert sorted(a.sweep_uploads({left[0]}, older_than_s=0)) == sorted(left[1:])
+    assert stored("uploads/") == {f"uploads/{left[0]}/manifest.json", f"uploads/{left[0]}/files/x.npz"}
+    assert sorted(p.name for p in (tmp_path / "a" / "uploads").iterdir()) == [left[0]]
 
     report = tmp_path / "a" / "reports" / "jobs" / "job-1"
     report.mkdir(parents=True)

@@ -114,6 +114,9 @@ def test_jobs_run_one_at_a_time_and_swaps_reach_every_worker_of_both(cluster):
     spans = sorted((j["started_at"], j["finished_at"]) for j in jobs)
     assert all(x[1] <= y[0] for x, y in zip(spans, spans[1:])), spans
     assert len({j["version"] for j in jobs}) == 2  # numbered once across both instances
+    submits = [e for e in b.client.get("/admin/audit", params={"action": "submit"}, headers=b.auth).json()["entries"]
+               if e["job_id"] in job_ids]
+    assert len(submits) == 2 and len({e["actor"] for e in submits}) == 1  # one token, one actor on both
 
     last = max(jobs, key=lambda j: j["finished_at"])["version"]
     for server in (a, b):

@@ -172,7 +172,7 @@ class Registry:
         self._versions = Folders(self.versions_dir, "versions", self._locked, remote)
         self._classifiers = Folders(self.classifiers_dir, "classifiers", self._locked, remote)
         self._domains = Folders(self.domains_dir, "domains", self._locked, remote)
-        self._uploads = Folders(self.home / "uploads", "uploads", self._locked, remote, create=False)
+        self._uploads = Folders(self.home / "uploads", "uploads", self._locked, remote, create=False, private=True)
         self._reports = Folders(self.home / "reports" / "jobs", "reports", self._locked, remote, create=False)
         db_url = database_url() if database_url_ is None else database_url_
         if db_url:
@@ -421,6 +421,18 @@ class Registry:
             return folder  # the job then says which file was not uploaded, and where it looked
         files = json.loads(text).get("files") or {}
         return check_cached(self._uploads, folder.name, files, f"uploads/{folder.name}")
+
+    def discard_uploads(self, path: str | Path) -> bool:
+        """Delete a job's uploads (``path``, as the submitting node stored it): this node's
+        copy and, with object storage, the published folder, bytes and all. True when
+        there was something to delete."""
+        return self._uploads.delete(Path(path).name)
+
+    def sweep_uploads(self, kept: set[str], older_than_s: float) -> list[str]:
+        """Delete the uploads folders no job keeps (``kept``: their names) older than
+        ``older_than_s``: this node's, and the published ones when the database (and so
+        every job that may refer to them) is shared."""
+        return self._uploads.sweep(kept, older_than_s, remote=isinstance(self.pointers, DatabasePointers))
 
     def share_report(self, job_id: str) -> None:
         """With object storage, publish a job's report folder (``reports/jobs/<job id>``),

@@ -14,7 +14,9 @@ temporary folder, checksummed and fsynced, then published:
 
 A folder's files never change; its manifest's other fields (a version's status and
 metrics) may be rewritten, and a name may be published again when the caller allows it
-(``replace``: a classifier uploaded anew)."""
+(``replace``: a classifier uploaded anew). A *private* kind (a job's uploads) keeps its
+files in object storage under the folder rather than by checksum beside every other
+folder's, so that it can be deleted, bytes and all (``delete``, ``sweep``)."""
 
 from __future__ import annotations
 
@@ -23,12 +25,14 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ContextManager
 
 from unlearning.errors import IntegrityError, LetheError
+from unlearning.names import is_name
 from unlearning.store.files import (
     MANIFEST, TMP_PREFIX, TRASH_PREFIX, fsync_path, manifest_text, remove_stale, verify_files, write_text_atomic,
 )
@@ -41,14 +45,16 @@ PUBLISH_ATTEMPTS = 50
 
 class Folders:
     """The folders of one ``kind`` (``versions``, ``classifiers``, ...) under ``root``;
-    ``lock()`` is the registry's cross-process lock; ``remote`` the object storage, if any."""
+    ``lock()`` is the registry's cross-process lock; ``remote`` the object storage, if any;
+    ``private``: each folder's files are its own in the object storage (see the module)."""
 
     def __init__(self, root: Path, kind: str, lock: Callable[[], ContextManager], remote: ObjectStore | None = None,
-                 *, create: bool = True):
+                 *, create: bool = True, private: bool = False):
         self.root = root
         self.kind = kind
         self.lock = lock
         self.remote = remote
+        self.private = private
         if create:  # otherwise made by the first folder written into it
             root.mkdir(parents=True, exist_ok=True)
 
@@ -64,9 +70,11 @@ class Folders:
                 *, replace: bool = False) -> dict[str, Any]:
         """Publish ``staged`` (its ``files`` already checksummed) under the name ``make()``
         returns with its manifest; ``make`` runs under the lock, and again when another
-        instance took that name first. Without ``replace`` the name must be new."""
-        if self.remote is not None:
-            self.remote.upload_blobs(staged, files)  # before the manifest: never half-visible
+        instance took that name first. Without ``replace`` the name must be new. A private
+        folder's name is its caller's (``make`` gives the same one every time): its files
+        are stored under it."""
+        if self.remote is not None:  # the files before the manifest: never half-visible
+            self.remote.upload_blobs(staged, files, private=(self.kind, make()[0]) if self.private else None)
         for _ in range(PUBLISH_ATTEMPTS):
             with self.lock():
                 remove_stale(self.root)
@@ -174,7 +182,8 @@ class Folders:
             for rel, digest in sorted(files.items()):
                 target = staged / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self.remote.download(digest, target, f"{self.kind}/{name}/{rel}")
+                self.remote.download(digest, target, f"{self.kind}/{name}/{rel}", rel=rel,
+                                     private=(self.kind, name) if self.private else None)
             text = text if text is not None else self.manifest(name) or "{}"
             with self.lock():
                 if not self._cached(folder, files):
@@ -184,6 +193,49 @@ class Folders:
                 shutil.rmtree(staged, ignore_errors=True)
         log.info("downloaded %s/%s (%d files)", self.kind, name, len(files))
         return folder
+
+    def delete(self, name: str) -> bool:
+        """Delete a private folder: this node's copy, then the published one (manifest,
+        then files). True when either existed. Only for private kinds: the others' files
+        may be shared."""
+        if not self.private:
+            raise LetheError(f"{self.kind} folders are never deleted")
+        if not is_name(name):  # never a path, a parent or a staging folder
+            return False
+        folder = self.root / name
+        removed = False
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed = True
+        if self.remote is not None:
+            removed = self.remote.delete_folder(self.kind, name) or removed
+        return removed
+
+    def sweep(self, kept: set[str], older_than_s: float, *, remote: bool) -> list[str]:
+        """Delete the private folders (and leftover staging folders) not in ``kept`` that
+        are older than ``older_than_s``, here and, with ``remote`` (when ``kept`` names
+        every folder any instance sharing the object storage keeps), there; their names."""
+        if not self.private:
+            raise LetheError(f"{self.kind} folders are never deleted")
+        removed: list[str] = []
+        now = time.time()
+        for folder in (self.root.iterdir() if self.root.is_dir() else []):
+            if folder.name in kept or not folder.is_dir() or folder.is_symlink():
+                continue
+            try:
+                if now - folder.stat().st_mtime < older_than_s:
+                    continue
+            except OSError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+        if self.remote is not None and remote:
+            for name, age in self.remote.ages(self.kind).items():
+                if name not in kept and age >= older_than_s and is_name(name):
+                    self.remote.delete_folder(self.kind, name)
+                    if name not in removed:
+                        removed.append(name)
+        return removed
 
     def drop_cached(self, name: str) -> None:
         """Forget a cached copy (it failed its checksums): the next ``local`` downloads it."""

@@ -9,6 +9,9 @@ Layout under the prefix::
                                    share are stored once)
     <kind>/<name>/manifest.json    the folder: written last, so a folder is listed only once
                                    every file it names is stored
+    <kind>/<name>/files/<path>     the files of a private folder (a job's uploads): its own,
+                                   shared with no other folder, so that deleting it deletes
+                                   its bytes too
 
 A folder's manifest is written with ``If-None-Match: *`` when its name must be new: two
 instances can never both create ``<model>-v<N>``."""
@@ -20,6 +23,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,6 +34,7 @@ from unlearning.store.files import TMP_PREFIX
 log = logging.getLogger("unlearning.store")
 
 MANIFEST_NAME = "manifest.json"
+PRIVATE_FILES = "files"
 
 
 class StorageUnavailableError(LetheError):
@@ -90,13 +95,20 @@ class ObjectStore:
 
     # -------------------------------------------------------------------------- writing
 
-    def upload_blobs(self, folder: Path, files: dict[str, str]) -> None:
-        """Store every file of ``folder`` under its checksum (skipping those already there)."""
+    def _file_key(self, rel: str, digest: str, private: tuple[str, str] | None) -> str:
+        return self._key(*private, PRIVATE_FILES, rel) if private else self._key("blobs", digest)
+
+    def upload_blobs(self, folder: Path, files: dict[str, str], *, private: tuple[str, str] | None = None) -> None:
+        """Store every file of ``folder`` under its checksum (skipping those already there);
+        those of a ``private`` folder ((kind, name)) under that folder instead."""
         from botocore.exceptions import ClientError
 
         for rel, digest in sorted(files.items()):
-            key = self._key("blobs", digest)
+            key = self._file_key(rel, digest, private)
             with self._reaching(f"storing {rel}"):
+                if private:
+                    self.client.upload_file(str(folder / rel), self.bucket, key)
+                    continue
                 try:
                     self.client.head_object(Bucket=self.bucket, Key=key)
                     continue
@@ -155,12 +167,14 @@ class ObjectStore:
         self._manifests[key] = (reply.get("ETag", ""), text)
         return text
 
-    def download(self, digest: str, target: Path, label: str) -> None:
-        """The blob ``digest`` into ``target``, checked against its checksum."""
+    def download(self, digest: str, target: Path, label: str, *, rel: str = "",
+                 private: tuple[str, str] | None = None) -> None:
+        """The blob ``digest`` (a ``private`` folder's file ``rel``) into ``target``, checked
+        against its checksum."""
         tmp = target.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
         try:
             with self._reaching(f"reading {label}"):
-                self.client.download_file(self.bucket, self._key("blobs", digest), str(tmp))
+                self.client.download_file(self.bucket, self._file_key(rel, digest, private), str(tmp))
             sha = hashlib.sha256()
             with open(tmp, "rb") as fh:
                 while chunk := fh.read(1 << 20):
@@ -170,3 +184,41 @@ class ObjectStore:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------------- deleting
+
+    def ages(self, kind: str) -> dict[str, float]:
+        """name -> seconds since its manifest was written, of every published folder of ``kind``."""
+        found: dict[str, float] = {}
+        base = self._key(kind) + "/"
+        now = time.time()
+        with self._reaching(f"listing {kind}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+                for item in page.get("Contents", []):
+                    name, _, leaf = item["Key"][len(base):].partition("/")
+                    if leaf == MANIFEST_NAME and name:
+                        found[name] = now - item["LastModified"].timestamp()
+        return found
+
+    def delete_folder(self, kind: str, name: str) -> bool:
+        """Delete a private folder: its manifest first (so that no node lists or fetches it
+        any more), then its files. True when there was one."""
+        from botocore.exceptions import ClientError
+
+        key = self._key(kind, name, MANIFEST_NAME)
+        prefix = self._key(kind, name) + "/"
+        with self._reaching(f"deleting {kind}/{name}"):
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=key)
+                existed = True
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+                    raise
+                existed = False
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+            self._manifests.pop(key, None)
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+        return existed
