@@ -39,12 +39,13 @@ def base_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def quick_home(tmp_path_factory, base_home) -> Path:
+def quick_home(tmp_path_factory, request) -> Path:
     home = tmp_path_factory.mktemp("quick") / "home"
     reuse = os.environ.get("LETHE_TEST_QUICK_HOME")
     if reuse:
         shutil.copytree(reuse, home)
     else:  # everything of the base but its DCGAN, which bootstrap then trains for 2 epochs
+        base_home = request.getfixturevalue("base_home")
         base = Registry(base_home)
         shutil.copytree(base_home, home, ignore=lambda folder, names: [
             n for n in names if re.fullmatch(r"digits-v\d+|digits\.json|jobs\.sqlite.*", n)])

@@ -62,7 +62,7 @@ def test_bootstrap_again_builds_nothing_and_changes_nothing(quick_copy):
     done = lethe(quick_copy, "bootstrap", "--quiet")
     assert done.returncode == 0, done.stderr
     assert "built: nothing (already bootstrapped)" in done.stdout
-    assert f"active: {BASE}" in done.stdout
+    assert f"active digits: {BASE}" in done.stdout
     assert snapshot(quick_copy) == before
 
 
@@ -111,7 +111,7 @@ def test_eval_prints_json_metrics(quick_copy, tmp_path):
     assert result["version"] == BASE and result["samples"] == 500
     assert 0.0 <= result["invalidity"] <= 1.0
     assert result["fid"] > 0 and 1.0 <= result["inception_score"] <= 10.0
-    assert result["extractor"] == "classifier:digits"
+    assert result["extractor"] == "judge:digits"  # FID in the features of the domain's judge
     assert len(result["class_shares"]) == 10 and abs(sum(result["class_shares"]) - 1) < 1e-6
     assert snapshot(quick_copy) == before
 

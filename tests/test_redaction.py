@@ -1,8 +1,10 @@
-"""Kong & Chaudhuri Alg. 1-3 forget digit 0 on the embedded default, judged independently:
-invalidity (share of samples the digit classifier calls 0) falls from ~10 % to <= 0.5 %
-within 10 % of the pre-training steps, FID against the retained digits stays within 2x of
-the base model filtered by the same check (rejection sampling, same extractor, >= 5,000
-samples), and no retained digit loses more than half its share."""
+"""Kong & Chaudhuri Alg. 1-3 forget digit 0 on the embedded default, judged independently,
+by the digits domain's judge (a classifier trained on the other half of the training
+digits, with another architecture, which no method sees): invalidity (share of samples the
+judge calls 0) falls from ~10 % to <= 0.5 % within 10 % of the pre-training steps, FID
+(judge features) against the retained digits stays within 2x of the base model filtered
+by the same check (rejection sampling, >= 5,000 samples), and no retained digit (by the
+judge) loses more than half its share."""
 
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ def base_judgement(base_home):
     registry = Registry(base_home)
     base = registry.get(registry.active("digits"))
     domain = load_domain(registry, base, device=__import__("torch").device("cpu"))
-    zeros = prepare_redaction_set(load_spec({"name": "judge", "sets": [ZERO]}), registry, domain, None)
+    # the judge's mirror of "the guide calls it 0": "the judge calls it 0"
+    zeros = prepare_redaction_set(load_spec({"name": "judge", "sets": [ZERO]}), registry, domain, None).judged
     reference = domain.reference(domain.train.images[domain.train.labels != 0])
     before = judge(registry.load_generator(base.version), domain, n=EVAL_SAMPLES, seed=EVAL_SEED,
                    omega=zeros, reference=reference, filtered=True)

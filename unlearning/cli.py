@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("redact", help="run a forget job offline (same code as the API)")
     p.add_argument("spec", help="forget specification, JSON or YAML")
     p.add_argument("--from", dest="from_version", default=None, help="parent version (default: the model's active)")
-    p.add_argument("--model", default=None, help=f"hosted model, e.g. fashion or digits-inpainter (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None, help=f"hosted model, e.g. fashion or digits-inpainter (default: the only served one, else {DEFAULT_MODEL})")
     p.add_argument("--uploads", default=None, help="folder holding the spec's files (default: the spec's folder)")
     p.add_argument("--report", default=None, help="report root (default: $LETHE_HOME/reports)")
     p.add_argument("--no-activate", action="store_true", help="register but do not activate")
