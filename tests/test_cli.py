@@ -185,7 +185,7 @@ def test_worker_starts_small_and_stops_on_sigterm(tmp_path):
 
     import psutil
 
-    process = subprocess.Popen([sys.executable, "-m", "unlearning.cli", "worker"],
+    process = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"],
                                env={**os.environ, "LETHE_HOME": str(tmp_path)},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
