@@ -4,11 +4,12 @@ database and an S3 bucket (moto's server), as two nodes would:
 * jobs submitted to both run one at a time (the database's lock); a promotion on one
   reaches every serving worker of both within 2 s (NOTIFY), and so does a rollback;
   sampling is bit-identical across the instances for the same seed and version;
-* kill -9 of the instance whose job worker holds the running job: the job ends truthfully
-  and the other instance's worker takes the next job once the stall limit has passed;
-* PostgreSQL restarted mid-job, and the S3 endpoint stopped while a job stores its
-  version: sampling never fails, each job ends in a truthful state, no version is
-  half-visible, and everything works again once they are back.
+* the S3 endpoint stopped while a job stores its version, then PostgreSQL restarted
+  mid-job: sampling never fails, each job ends in a truthful state, no version is
+  half-visible, and everything works again once they are back;
+* kill -9 of the instance whose job worker holds the running job (last: it leaves one
+  instance without a job worker): the job ends truthfully, the other instance's worker
+  takes the next job once the stall limit has passed, and the dead node, back, serves it.
 """
 
 from __future__ import annotations
@@ -134,51 +135,12 @@ def test_jobs_run_one_at_a_time_and_swaps_reach_every_worker_of_both(cluster):
         assert time.monotonic() - moved < SWAP_LIMIT_S
 
 
-def test_kill_9_of_the_instance_holding_the_job(cluster):
-    servers = cluster["servers"]
-    long_job = {**QUICK_SPEC, "name": "held-by-the-dead", "hyperparameters": {"epochs": 500, "patience": 500}}
-    first = servers["a"].submit(long_job).json()["job_id"]
-    claimed = servers["a"].wait_job(first, until=ACTIVE, timeout=120)
-    wait_until(lambda: servers["a"].job(first)["progress_info"].get("epoch"), 300, "the job training")
-    holder = _which(servers, claimed["worker"])
-    other = servers["b" if holder == "a" else "a"]
-    servers[holder].kill()  # the node dies: launcher, job worker and the job's own process
-    killed_at = time.monotonic()
-    second = other.submit({"name": "after-the-node-died", **QUICK_SPEC}).json()["job_id"]
-
-    ended = other.wait_job(first, timeout=STALL_S + 120)
-    waited = time.monotonic() - killed_at
-    assert ended["state"] == "failed", ended
-    assert "stopped sending heartbeats" in ended["reason"] and ended["reason"].startswith("interrupted:"), ended
-    assert waited >= STALL_S, waited  # not before the stall limit: its worker might only be slow
-    done = other.wait_job(second, timeout=900)
-    assert done["state"] == "promoted", done
-    assert _which({"other": other}, done["worker"]) == "other"
-    served_by_every_worker(other, done["version"], time.monotonic() + 10)
-    assert other.generate(n=2).status_code == 200
-
-    servers[holder] = LetheServer(servers[holder].home, cluster["root"] / f"bentoml-{holder}-2", workers=2,
-                                  env=cluster["env"]).start()
-    served_by_every_worker(servers[holder], done["version"], time.monotonic() + 30)
-
-
 def test_postgres_restart_and_s3_outage_mid_job(cluster, postgres):
     servers, proxy = cluster["servers"], cluster["proxy"]
     a, b = servers["a"], servers["b"]
     loads = [Load(server.url, 2, n=4, pause_s=0.05, timeout_s=30).start() for server in (a, b)]
     try:
-        # PostgreSQL restarted while a job trains: the job goes on and ends promoted
-        job = a.submit({"name": "through-a-restart", **QUICK_SPEC}).json()["job_id"]
-        wait_until(lambda: a.job(job)["state"] in ACTIVE, 120, "the job claimed")
-        postgres.stop()
-        time.sleep(3)
-        postgres.start()
-        done = a.wait_job(job, timeout=900)
-        assert done["state"] == "promoted", done
-        for server in (a, b):
-            served_by_every_worker(server, done["version"], time.monotonic() + 30)
-
-        # the S3 endpoint down while the next job stores its version: it fails saying so
+        # the S3 endpoint down while a job stores its version: it fails saying so
         registry = Registry(cluster["root"] / "observer")
         versions_before = {m.version for m in registry.list_versions()}
         job = b.submit({"name": "through-an-s3-outage", **QUICK_SPEC}).json()["job_id"]
@@ -194,10 +156,16 @@ def test_postgres_restart_and_s3_outage_mid_job(cluster, postgres):
         for version in versions_before:
             registry.verify(version)
 
-        # both back: the next job is stored, promoted and served everywhere
-        job = a.submit({"name": "after-the-outages", **QUICK_SPEC}).json()["job_id"]
+        # S3 back, and PostgreSQL restarted while the next job trains: the job goes on, is
+        # stored, promoted and served everywhere (both recovered)
+        job = a.submit({"name": "through-a-restart", **QUICK_SPEC}).json()["job_id"]
+        wait_until(lambda: a.job(job)["state"] in ACTIVE, 120, "the job claimed")
+        postgres.stop()
+        time.sleep(3)
+        postgres.start()
         done = a.wait_job(job, timeout=900)
         assert done["state"] == "promoted", done
+        assert done["version"] not in versions_before
         for server in (a, b):
             served_by_every_worker(server, done["version"], time.monotonic() + 30)
     finally:
@@ -207,3 +175,32 @@ def test_postgres_restart_and_s3_outage_mid_job(cluster, postgres):
         records = load.snapshot()
         failed = [r["error"] for r in records if not r["ok"]]
         assert len(records) > 100 and not failed, failed[:5]  # sampling never failed
+
+
+def test_kill_9_of_the_instance_holding_the_job(cluster):
+    servers = cluster["servers"]
+    long_job = {**QUICK_SPEC, "name": "held-by-the-dead", "hyperparameters": {"epochs": 500, "patience": 500}}
+    first = servers["a"].submit(long_job).json()["job_id"]
+    claimed = servers["a"].wait_job(first, until=ACTIVE, timeout=120)
+    wait_until(lambda: servers["a"].job(first)["progress_info"].get("epoch"), 300, "the job training")
+    holder = _which(servers, claimed["worker"])
+    other = servers["b" if holder == "a" else "a"]
+    servers[holder].kill()  # the node dies: launcher, job worker and the job's own process
+    killed_at = time.monotonic()
+    second = other.submit({"name": "after-the-node-died", **QUICK_SPEC}).json()["job_id"]
+    # the node comes back, serving only, while the survivor waits out the stall limit (its
+    # own job worker would find the dead job's pid gone on this shared host at once)
+    servers[holder] = back = LetheServer(servers[holder].home, cluster["root"] / f"bentoml-{holder}-2",
+                                         workers=2, env=cluster["env"], job_worker=False).start()
+
+    ended = other.wait_job(first, timeout=STALL_S + 120)
+    waited = time.monotonic() - killed_at
+    assert ended["state"] == "failed", ended
+    assert "stopped sending heartbeats" in ended["reason"] and ended["reason"].startswith("interrupted:"), ended
+    assert waited >= STALL_S, waited  # not before the stall limit: its worker might only be slow
+    done = other.wait_job(second, timeout=900)
+    assert done["state"] == "promoted", done
+    assert _which({"other": other}, done["worker"]) == "other"
+    for server in (other, back):
+        served_by_every_worker(server, done["version"], time.monotonic() + 30)
+    assert other.generate(n=2).status_code == 200
