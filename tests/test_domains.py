@@ -181,25 +181,31 @@ def test_a_spec_must_name_labels_the_classifier_has_and_classifiers_of_its_domai
 
 
 class _FoolsTheGuide(torch.nn.Module):
-    """The base generator whose every image is nudged (PGD, at most 0.25 per pixel) until the
-    guide stops seeing a zero in it: a candidate that games what a method trains against,
-    while what it draws is unchanged to the eye and to a classifier the nudge never saw."""
+    """The base generator whose every image is nudged (PGD on the guide's logit margin, at
+    most 0.5 per pixel, stopping once the guide's margin against "0" reaches 1) until the
+    guide stops seeing a zero: a candidate that games what a method trains against. The
+    smallest nudge that flips the guide mostly does not flip a classifier it never saw
+    (measured on 2,000 samples: guide 10.6 % -> 0.0 %, judge 10.1 % -> 6.9 %)."""
 
-    def __init__(self, generator: torch.nn.Module, guide: torch.nn.Module, epsilon: float = 0.25, steps: int = 20):
+    def __init__(self, generator: torch.nn.Module, guide: torch.nn.Module, epsilon: float = 0.5, steps: int = 40):
         super().__init__()
         self.generator, self.guide, self.epsilon, self.steps = generator, guide, epsilon, steps
         self.latent_dim = generator.latent_dim
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        images = self.generator(z).detach()
-        delta = torch.zeros_like(images)
-        with torch.enable_grad():
+        # the judging loop samples in inference mode, where nothing has a gradient
+        with torch.inference_mode(False), torch.enable_grad():
+            images = self.generator(z.clone()).detach()
+            delta = torch.zeros_like(images)
             for _ in range(self.steps):
                 delta.requires_grad_(True)
-                zero_probability = torch.softmax(self.guide((images + delta).clamp(-1, 1)), 1)[:, 0]
-                (grad,) = torch.autograd.grad(zero_probability.sum(), delta)
-                delta = (delta - self.epsilon / 4 * grad.sign()).clamp(-self.epsilon, self.epsilon).detach()
-        return (images + delta).clamp(-1, 1)
+                logits = self.guide((images + delta).clamp(-1, 1))
+                others = logits.clone()
+                others[:, 0] = float("-inf")
+                margin = (logits[:, 0] - others.max(1).values).clamp(min=-1.0)
+                (grad,) = torch.autograd.grad(margin.sum(), delta)
+                delta = (delta - self.epsilon / 8 * grad.sign()).clamp(-self.epsilon, self.epsilon).detach()
+            return (images + delta).clamp(-1, 1)
 
 
 def test_a_candidate_that_fools_its_guide_is_rejected_by_the_judge(base_home):
