@@ -99,3 +99,29 @@ def flip_a_byte(path: Path, offset: int | None = None) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2 if offset is None else offset] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+# ------------------------------------------------------ PostgreSQL and S3 (one per session)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster (Debian's `postgresql` package; .ci/run installs it)."""
+    from backends import PG_BIN, PostgresCluster
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail(f"PostgreSQL server binaries not found in {PG_BIN}: apt-get install postgresql "
+                    "(or set LETHE_TEST_PG_BIN)")
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's standalone S3 server."""
+    from backends import S3Server
+
+    server = S3Server()
+    yield server
+    server.close()
