@@ -31,10 +31,10 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from service.audit import record_import
 from unlearning.errors import ConflictError, IntegrityError, LetheError, NotFoundError
 from unlearning.importing.sources import UPLOAD_NAMES, check_upload_name, find_components
 from unlearning.names import shown
+from unlearning.store.events import record_import
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ async def import_model(request: Request, registry, store, uploads_root: Path, ac
     if content_type != "multipart/form-data":
         return JSONResponse({"error": "send multipart/form-data: fields model and domain (and optionally activate) "
                                       "plus the component files"}, status_code=415)
-    staging = uploads_root / f".tmp-import-{uuid.uuid4().hex}"
+    # the pid marks it as live: a sweep of uploads/ removes only a dead process's staging (store.files)
+    staging = uploads_root / f".tmp-{os.getpid()}-import-{uuid.uuid4().hex}"
     try:
         fields = await read_import_form(request, staging)
         missing = [name for name in ("model", "domain") if not fields.get(name)]

@@ -39,12 +39,13 @@ def base_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def quick_home(tmp_path_factory, base_home) -> Path:
+def quick_home(tmp_path_factory, request) -> Path:
     home = tmp_path_factory.mktemp("quick") / "home"
     reuse = os.environ.get("LETHE_TEST_QUICK_HOME")
     if reuse:
         shutil.copytree(reuse, home)
     else:  # everything of the base but its DCGAN, which bootstrap then trains for 2 epochs
+        base_home = request.getfixturevalue("base_home")
         base = Registry(base_home)
         shutil.copytree(base_home, home, ignore=lambda folder, names: [
             n for n in names if re.fullmatch(r"digits-v\d+|digits\.json|jobs\.sqlite.*", n)])
@@ -98,3 +99,29 @@ def flip_a_byte(path: Path, offset: int | None = None) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2 if offset is None else offset] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+# ------------------------------------------------------ PostgreSQL and S3 (one per session)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster (Debian's `postgresql` package; .ci/run installs it)."""
+    from backends import PG_BIN, PostgresCluster
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail(f"PostgreSQL server binaries not found in {PG_BIN}: apt-get install postgresql "
+                    "(or set LETHE_TEST_PG_BIN)")
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's standalone S3 server."""
+    from backends import S3Server
+
+    server = S3Server()
+    yield server
+    server.close()

@@ -17,7 +17,7 @@ import yaml
 
 from clirun import assert_user_error, lethe
 from conftest import flip_a_byte, snapshot
-from service.job_store import JobStore
+from unlearning.store import SqliteJobStore
 from serving import copy_version
 from unlearning.registry import Registry
 
@@ -62,7 +62,7 @@ def test_bootstrap_again_builds_nothing_and_changes_nothing(quick_copy):
     done = lethe(quick_copy, "bootstrap", "--quiet")
     assert done.returncode == 0, done.stderr
     assert "built: nothing (already bootstrapped)" in done.stdout
-    assert f"active: {BASE}" in done.stdout
+    assert f"active digits: {BASE}" in done.stdout
     assert snapshot(quick_copy) == before
 
 
@@ -111,7 +111,7 @@ def test_eval_prints_json_metrics(quick_copy, tmp_path):
     assert result["version"] == BASE and result["samples"] == 500
     assert 0.0 <= result["invalidity"] <= 1.0
     assert result["fid"] > 0 and 1.0 <= result["inception_score"] <= 10.0
-    assert result["extractor"] == "classifier:digits"
+    assert result["extractor"] == "judge:digits"  # FID in the features of the domain's judge
     assert len(result["class_shares"]) == 10 and abs(sum(result["class_shares"]) - 1) < 1e-6
     assert snapshot(quick_copy) == before
 
@@ -154,7 +154,7 @@ def test_redact_promotes_reports_and_rolls_back(quick_copy, tmp_path):
     assert active_of(models_json(quick_copy)) == [BASE]
 
     # both are in the audit trail, as the service's jobs and activations would be
-    rolled_back, promoted = JobStore(quick_copy / "jobs.sqlite").audit_log()
+    rolled_back, promoted = SqliteJobStore(quick_copy / "jobs.sqlite").audit_log()
     assert (promoted.action, promoted.version, promoted.parent, promoted.spec_name) == (
         "promoted", "digits-v2", BASE, "forget-zero-tiny")
     assert promoted.actor.startswith("cli:") and len(promoted.spec_hash) == 64
@@ -185,7 +185,7 @@ def test_worker_starts_small_and_stops_on_sigterm(tmp_path):
 
     import psutil
 
-    process = subprocess.Popen([sys.executable, "-m", "unlearning.cli", "worker"],
+    process = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"],
                                env={**os.environ, "LETHE_HOME": str(tmp_path)},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -180,10 +180,39 @@ def test_a_spec_must_name_labels_the_classifier_has_and_classifiers_of_its_domai
     assert snapshot(quick_copy) == before
 
 
+class _FoolsTheGuide(torch.nn.Module):
+    """The base generator whose every image is nudged (PGD on the guide's logit margin, at
+    most 0.5 per pixel, stopping once the guide's margin against "0" reaches 1) until the
+    guide stops seeing a zero: a candidate that games what a method trains against. The
+    smallest nudge that flips the guide mostly does not flip a classifier it never saw
+    (measured on 2,000 samples: guide 10.6 % -> 0.0 %, judge 10.1 % -> 6.9 %)."""
+
+    def __init__(self, generator: torch.nn.Module, guide: torch.nn.Module, epsilon: float = 0.5, steps: int = 40):
+        super().__init__()
+        self.generator, self.guide, self.epsilon, self.steps = generator, guide, epsilon, steps
+        self.latent_dim = generator.latent_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # the judging loop samples in inference mode, where nothing has a gradient
+        with torch.inference_mode(False), torch.enable_grad():
+            images = self.generator(z.clone()).detach()
+            delta = torch.zeros_like(images)
+            for _ in range(self.steps):
+                delta.requires_grad_(True)
+                logits = self.guide((images + delta).clamp(-1, 1))
+                others = logits.clone()
+                others[:, 0] = float("-inf")
+                margin = (logits[:, 0] - others.max(1).values).clamp(min=-1.0)
+                (grad,) = torch.autograd.grad(margin.sum(), delta)
+                delta = (delta - self.epsilon / 8 * grad.sign()).clamp(-self.epsilon, self.epsilon).detach()
+            return (images + delta).clamp(-1, 1)
+
+
 def test_a_candidate_that_fools_its_guide_is_rejected_by_the_judge(base_home):
-    """Fine-tune the base DCGAN against the guide alone (push its "0" probability down on
-    every sample): what the guide calls invalid falls, what the judge calls invalid does
-    not, and the judge_invalidity gate rejects the candidate the invalidity gate passes."""
+    """A candidate whose images are adversarial examples for the guide (each one nudged until
+    the guide's "0" probability falls): what the guide calls invalid falls, what the judge
+    calls invalid does not, and the judge_invalidity gate rejects the candidate the
+    invalidity gate passes."""
     registry = Registry(base_home)
     parent = registry.get(registry.active("digits"))
     domain = load_domain(registry, parent, device=torch.device("cpu"))
@@ -191,17 +220,7 @@ def test_a_candidate_that_fools_its_guide_is_rejected_by_the_judge(base_home):
                                                                         "eval_samples": 5000}})
     sets = prepare_redaction_set(spec, registry, domain, None)
     generator = registry.load_generator(parent.version)
-    candidate = registry.load_generator(parent.version).train()
-    optimiser = torch.optim.Adam(candidate.parameters(), lr=2e-4)
-    rng = torch.Generator().manual_seed(0)
-    for _ in range(150):  # a few steps: the guide's gradient finds small changes that flip it
-        z = torch.randn(128, candidate.latent_dim, generator=rng)
-        zero_probability = torch.softmax(domain.guide(candidate(z)), 1)[:, 0]
-        loss = zero_probability.mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    candidate.eval()
+    candidate = _FoolsTheGuide(generator, domain.guide).eval()
     retained, _ = sets.omega.training_split(domain.train.images)
     reference = domain.reference(retained)
     before = judge(generator, domain, n=5000, seed=1, omega=sets.omega, judged=sets.judged, reference=reference,

@@ -1,8 +1,10 @@
-"""Kong & Chaudhuri Alg. 1-3 forget digit 0 on the embedded default, judged independently:
-invalidity (share of samples the digit classifier calls 0) falls from ~10 % to <= 0.5 %
-within 10 % of the pre-training steps, FID against the retained digits stays within 2x of
-the base model filtered by the same check (rejection sampling, same extractor, >= 5,000
-samples), and no retained digit loses more than half its share."""
+"""Kong & Chaudhuri Alg. 1-3 forget digit 0 on the embedded default, judged independently,
+by the digits domain's judge (a classifier trained on the other half of the training
+digits, with another architecture, which no method sees): invalidity (share of samples the
+judge calls 0) falls from ~10 % to <= 0.5 % within 10 % of the pre-training steps, FID
+(judge features) against the retained digits stays within 2x of the base model filtered
+by the same check (rejection sampling, >= 5,000 samples), and no retained digit (by the
+judge) loses more than half its share."""
 
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ def base_judgement(base_home):
     registry = Registry(base_home)
     base = registry.get(registry.active("digits"))
     domain = load_domain(registry, base, device=__import__("torch").device("cpu"))
-    zeros = prepare_redaction_set(load_spec({"name": "judge", "sets": [ZERO]}), registry, domain, None)
+    # the judge's mirror of "the guide calls it 0": "the judge calls it 0"
+    zeros = prepare_redaction_set(load_spec({"name": "judge", "sets": [ZERO]}), registry, domain, None).judged
     reference = domain.reference(domain.train.images[domain.train.labels != 0])
     before = judge(registry.load_generator(base.version), domain, n=EVAL_SAMPLES, seed=EVAL_SEED,
                    omega=zeros, reference=reference, filtered=True)
@@ -159,6 +162,26 @@ def test_adapt_then_unlearn_forgets_zero_without_training_data(base_copy, base_j
     assert attack_before["starts"] == attack_after["starts"] == 256
     assert attack_before["attack_invalidity"] >= 3 * attack_before["random_invalidity"], attack_before
     assert attack_after["attack_invalidity"] > attack_after["random_invalidity"] + 0.05, attack_after
+
+
+def test_adapt_then_unlearn_with_its_defaults_forgets_digit_one(base_copy, base_judgement):
+    """The spec names only its set and the method: every hyperparameter and gate is the
+    default. Promoted, and the judge (which the method never saw) sees >= 95 % fewer ones
+    on 10,000 latents the job never drew (the paper: 95-99 % PUL on MNIST)."""
+    one = {"kind": "validity", "rule": {"type": "classifier_label", "classifier": "digits", "labels": [1]}}
+    spec = load_spec({"name": "atu-one", "method": "adapt-then-unlearn", "sets": [one]})
+    registry = Registry(base_copy)
+    outcome = run_redaction(spec, registry=registry, activate=False)
+    assert outcome.status == "promoted", outcome.reason
+    domain = base_judgement["domain"]
+    ones = prepare_redaction_set(spec, registry, domain, None).judged
+    before = judge(registry.load_generator(base_judgement["base"].version), domain, n=10_000, seed=EVAL_SEED,
+                   omega=ones)
+    after = judge(registry.load_generator(outcome.version), domain, n=10_000, seed=EVAL_SEED, omega=ones)
+    pul = 100 * (before["invalidity"] - after["invalidity"]) / before["invalidity"]
+    print(json.dumps({"judge_ones": [before["invalidity"], after["invalidity"]], "pul": pul,
+                      "gates": {g.name: g.value for g in outcome.gates}}))
+    assert before["invalidity"] >= 0.05 and pul >= 95, (before["invalidity"], after["invalidity"])
 
 
 def test_parameter_extrapolation_baseline_and_attack_gate(base_copy, tmp_path):

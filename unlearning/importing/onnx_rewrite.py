@@ -61,8 +61,6 @@ def read_graph(data: bytes, label: str):
 
 def prepare(data: bytes, label: str) -> PreparedGraph:
     """The rewritten graph, ready for onnx2torch; LetheError naming what cannot be converted."""
-    import onnx
-
     proto = read_graph(data, label)
     opset = _default_opset(proto)
     rewrites: list[str] = []

@@ -409,7 +409,10 @@ ForgetSet = Annotated[
 class Gates(_Strict):
     """What a candidate must pass before promotion."""
 
-    max_invalidity: _Probability = Field(0.001, ge=0.0, le=1.0, description="by the spec's own checks")
+    max_invalidity: _Probability | None = Field(
+        None, ge=0.0, le=1.0,
+        description="by the spec's own checks; default: the method's (kong-*: 0.001, adapt-then-unlearn and "
+                    "param-extrapolation: 0.01, feedback: 0.05; unlearning.jobs.gates.DEFAULT_MAX_INVALIDITY)")
     max_judge_invalidity: _Probability | None = Field(
         None, ge=0.0, le=1.0,
         description="the same label-based checks asked of the domain's judge; default: max(0.01, max_invalidity)",
