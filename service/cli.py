@@ -1,6 +1,6 @@
 """``lethe``: serve sampling and the admin API, run the job worker, bootstrap the embedded
-default, run forget jobs offline (the same job code the service runs), evaluate, list and
-activate versions, and show the audit trail.
+default, run forget jobs offline (the same job code the service runs), evaluate, import a
+generator trained elsewhere, list and activate versions, and show the audit trail.
 
 The library's commands are ``unlearning.cli``'s; this module adds the two that run the
 service (``serve``, ``worker``). It sits above both layers, so the library never imports

@@ -25,6 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from clirun import lethe as run_lethe
 from conftest import snapshot
 from serving import LetheServer, decode
 from unlearning.cli import main as lethe
@@ -35,12 +36,13 @@ from unlearning.runtime import latents
 
 TESTS = Path(__file__).parent
 PLUGIN_PACKAGE = TESTS / "plugins" / "lethe-test-models"
+BYO_DCGAN = TESTS / "fixtures" / "byo-fashion-dcgan"  # python tests/train_fashion_dcgan.py tests/fixtures/byo-fashion-dcgan
 TROUSERS = {
     "name": "forget-trousers", "method": "kong-classifier",
     "sets": [{"kind": "classifier", "classifier": "fashion", "score": {"type": "one_minus_prob", "label": "Trouser"},
               "tau": 0.5}],
-    "hyperparameters": {"epochs": 2, "monitor_samples": 1000, "samples_per_round": 500},
-    "gates": {"eval_samples": 2000, "max_invalidity": 0.01, "max_fid_increase": 10.0, "min_class_share_ratio": 0.5},
+    "hyperparameters": {"epochs": 4, "monitor_samples": 1000},
+    "gates": {"eval_samples": 2000, "max_invalidity": 0.01, "attack_starts": 16},  # FID ratio and balance: defaults
 }
 FORGET_ZERO_QUICKLY = {  # Kong Alg. 3 on digits, one epoch, permissive gates: the edit and its export are the point
     "name": "onnx-forget-zero", "method": "kong-classifier",
@@ -98,10 +100,10 @@ def server(home, plugin_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dcgan_folder(tmp_path_factory) -> Path:
-    """The fashion DCGAN of tests/train_fashion_dcgan.py, run as the script it is."""
+    """The fashion DCGAN that tests/train_fashion_dcgan.py wrote with its defaults (committed:
+    training it takes minutes; ``test_the_training_script_writes_what_is_committed`` runs it)."""
     out = tmp_path_factory.mktemp("dcgan") / "trained"
-    subprocess.run([sys.executable, str(TESTS / "train_fashion_dcgan.py"), str(out)], check=True,
-                   env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    shutil.copytree(BYO_DCGAN, out)
     return out
 
 
@@ -138,11 +140,25 @@ def quantised(images: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------- a DCGAN trained elsewhere
 
 
-def test_a_plain_pytorch_dcgan_is_imported_served_redacted_and_rolled_back(server, dcgan_folder, cli_home, capsys):
+def test_the_training_script_writes_what_is_committed(tmp_path):
+    """The committed weights are the script's: a short run writes the same files, kinds,
+    configs, tensor names and shapes (the committed ones are its default run)."""
+    out = tmp_path / "short"
+    subprocess.run([sys.executable, str(TESTS / "train_fashion_dcgan.py"), str(out), "--images", "256",
+                    "--epochs", "1"], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in BYO_DCGAN.iterdir())
+    for stem in ("generator", "discriminator"):
+        assert json.loads((out / f"{stem}.json").read_text()) == json.loads((BYO_DCGAN / f"{stem}.json").read_text())
+        short, committed = load_file(str(out / f"{stem}.safetensors")), load_file(str(BYO_DCGAN / f"{stem}.safetensors"))
+        assert {k: v.shape for k, v in short.items()} == {k: v.shape for k, v in committed.items()}
+
+
+def test_a_plain_pytorch_dcgan_is_imported_served_redacted_and_rolled_back(server, dcgan_folder, cli_home):
     registry = Registry(cli_home)
-    assert lethe(["import", "fashion-byo", "--domain", "fashion-mnist", str(dcgan_folder)]) == 0
+    done = run_lethe(cli_home, "import", "fashion-byo", "--domain", "fashion-mnist", dcgan_folder)  # the program
+    assert done.returncode == 0, done.stderr
     assert "imported fashion-byo-v1 (domain fashion-mnist): generator dcgan-generator (safetensors), " \
-           "discriminator dcgan-discriminator (safetensors)" in capsys.readouterr().out
+           "discriminator dcgan-discriminator (safetensors)" in done.stdout
     manifest = registry.get("fashion-byo-v1")
     assert registry.active("fashion-byo") == "fashion-byo-v1" and manifest.status == "promoted"
     assert manifest.domain == "fashion-mnist" and manifest.metrics["onnx_parity"] <= 1e-4
@@ -181,7 +197,7 @@ def test_a_plain_pytorch_dcgan_is_imported_served_redacted_and_rolled_back(serve
     job = submit(server, TROUSERS, "fashion-byo")
     gates = {g["name"]: g for g in job["metrics"]["gates"]}
     assert job["state"] == "promoted", json.dumps(job["metrics"], indent=1)[:3000]
-    assert {"invalidity", "judge_invalidity", "fid_increase", "class_balance", "onnx_parity"} <= set(gates)
+    assert {"invalidity", "judge_invalidity", "fid_ratio", "class_balance", "onnx_parity"} <= set(gates)
     assert all(g["passed"] for g in gates.values())
     after = job["metrics"]["after"]
     assert after["judged_by"]["judge_invalidity"] == "judge:fashion-mnist"
@@ -449,7 +465,7 @@ def test_a_bad_import_is_refused_by_name_and_stores_nothing(server, cli_home, tm
         reply = upload(server, folder, model, domain)
         assert reply.status_code == status and re.search(words, reply.json()["error"]), reply.text
     assert _registry_state(cli_home) == before
-    assert not [p for p in (cli_home / "uploads").glob(".tmp-import-*")]
+    assert not [p for p in (cli_home / "uploads").glob(".tmp-*-import-*")]
 
 
 def test_an_upload_over_the_size_limit_is_refused(server, cli_home, tmp_path):

@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from backends import TcpProxy
-from unlearning.errors import IntegrityError, LetheError, NotFoundError
+from unlearning.errors import ConflictError, IntegrityError, LetheError, NotFoundError
 from unlearning.registry import Registry
 from unlearning.store import StorageUnavailableError
 
@@ -99,6 +99,35 @@ def test_without_a_database_the_bucket_itself_refuses_a_taken_name(s3, tmp_path,
     # b lists nothing new in its own home, yet gets v2: the name is arbitrated by the bucket
     assert b.create_version("digits", _writer("b")).version == "digits-v2"
     assert b.file_path("digits-v1", "note.txt").read_text() == "a"
+
+
+def test_a_new_models_name_is_taken_for_every_instance(shared, s3, tmp_path):
+    """``lethe import`` (``new_model``) on several instances at once: one model of a name,
+    one version; the others are refused, with or without the database arbitrating."""
+    registries = [_instance(tmp_path, f"i{i}", shared) for i in range(4)]
+    made: list[str] = []
+    refused: list[BaseException] = []
+
+    def work(registry: Registry, i: int) -> None:
+        try:
+            made.append(registry.create_version("byo", _writer(f"{i}"), status="promoted", new_model=True).version)
+        except ConflictError as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=work, args=(r, i)) for i, r in enumerate(registries)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert made == ["byo-v1"] and len(refused) == 3 and all("'byo' is taken" in str(e) for e in refused)
+    assert [m.version for m in registries[3].list_versions("byo")] == ["byo-v1"]
+
+    bucket = s3.new_bucket()  # no database: the bucket refuses the name
+    a, b = (Registry(tmp_path / name, database_url_="", registry_url_=bucket) for name in ("a", "b"))
+    assert a.create_version("byo", _writer("a"), new_model=True).version == "byo-v1"
+    with pytest.raises(ConflictError, match="'byo' is taken"):
+        b.create_version("byo", _writer("b"), new_model=True)
+    assert [m.version for m in a.list_versions("byo")] == ["byo-v1"]
 
 
 def test_object_storage_down_mid_upload_leaves_no_version_and_the_cache_serves(shared, s3, tmp_path):
