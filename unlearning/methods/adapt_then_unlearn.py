@@ -51,9 +51,9 @@ class AdaptThenUnlearnHyperparameters(AdversarialSettings):
 
     alpha_pos: float = Field(1.0, gt=0.5, le=1.0, description="real target (the paper: plain BCE)")
     alpha_neg: float = Field(0.0, ge=0.0, lt=0.5, description="fake target")
-    generated_samples: int = Field(5000, ge=64, le=200_000, description="samples split into S_n / S_p")
+    generated_samples: int = Field(10_000, ge=64, le=200_000, description="samples split into S_n / S_p")
     positive_buffer: float = Field(
-        0.0, ge=0.0, le=10.0,
+        1.0, ge=0.0, le=10.0,
         description="S_p leaves out the samples nearest Omega (by the checks' margin): this many times |S_n|")
     split_seed: int = Field(20_240_602, ge=0, le=MAX_SEED, description="seed of the samples that are split")
     adapted_models: int = Field(1, ge=1, le=16, description="k: independent negative adaptations")
