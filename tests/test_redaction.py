@@ -175,7 +175,7 @@ def test_parameter_extrapolation_baseline_and_attack_gate(base_copy, tmp_path):
     gate: the half-forgotten model is still easy to push back to zeros, so it is rejected."""
     spec = {"name": "extrapolate-zero", "method": "param-extrapolation", "sets": [ZERO],
             "hyperparameters": {"extrapolation_step": 2.0},
-            "gates": {"max_invalidity": 0.5, "max_fid_ratio": None, "min_class_share_ratio": 0.0,
+            "gates": {"max_invalidity": 0.5, "max_fid_ratio": 1e6, "min_class_share_ratio": 0.0,
                       "max_attack_invalidity": 0.05, "eval_samples": 2000}}
     registry = Registry(base_copy)
     outcome = run_redaction(spec, registry=registry, activate=False, report_dir=tmp_path / "report")
