@@ -20,7 +20,7 @@ from unlearning.spec import ForgetSpec
 PARITY_LIMIT = 1e-4
 DEFAULT_MAX_JUDGE_INVALIDITY = 0.01
 # A spec that leaves max_invalidity out gets its method's: what the method reaches with its
-# own defaults on digits and Fashion-MNIST (README, "Defaults that work"). Adapt-then-Unlearn
+# own defaults on digits (README, "Gates and what a job writes"). Adapt-then-Unlearn
 # never sees training data and removes what a sample of the parent shows, so it stops short
 # of Kong's; the feedback marks' nearest-neighbour judge is coarse.
 DEFAULT_MAX_INVALIDITY = {
