@@ -27,10 +27,12 @@ GRID_SAMPLES = 64
 
 
 @torch.no_grad()
-def _samples(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
+def grid_samples(generator: nn.Module, n: int = GRID_SAMPLES) -> torch.Tensor:
+    """The generator's samples on the pictures' fixed latents: the same for every version of
+    a model, so before and after show the same latents."""
     generator.eval()
-    device = next(generator.parameters()).device
-    return generator(z.to(device)).cpu()
+    z = latents(n, generator.latent_dim, GRID_SEED).to(next(generator.parameters()).device)
+    return generator(z).cpu()
 
 
 def _save(fig, ax, title: str, path: Path) -> Path:
@@ -78,9 +80,8 @@ def write_report(
     ``attack_images`` ({"parent", "candidate"}) are the latent attack's final samples."""
     folder = Path(report_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    z = latents(GRID_SAMPLES, before.latent_dim, GRID_SEED)
-    grid_image(_samples(before, z)).save(folder / "before.png")
-    grid_image(_samples(after, z)).save(folder / "after.png")
+    grid_image(grid_samples(before)).save(folder / "before.png")
+    grid_image(grid_samples(after)).save(folder / "after.png")
     limit = next((g.limit for g in outcome.gates if g.name == "invalidity"), None)
     plotted = plot_history(outcome.history, folder / "invalidity.png", limit=limit,
                            selected=outcome.stats.get("selected_epoch"))
