@@ -47,9 +47,8 @@ Prints ONE JSON document on stdout (``--markdown``: Markdown tables instead); pr
 goes to stderr. ``--render FILE`` turns a saved JSON document into the Markdown tables.
 
     .venv/bin/python bench/redaction.py --output bench/results/redaction.json                 # digits
-    .venv/bin/python bench/redaction.py --domain fashion-mnist --output bench/results/fashion.json
     .venv/bin/python bench/redaction.py --quick --seeds 1 --eval-samples 2000 --methods kong-validity
-    .venv/bin/python bench/redaction.py --render bench/results/fashion.json                   # README tables
+    .venv/bin/python bench/redaction.py --render bench/results/redaction.json                 # README tables
 """
 
 from __future__ import annotations
@@ -74,7 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finite, log, write_json  # noqa: E402
 
 EVAL_SEED = 4242  # not jobs.GATE_SEED: the benchmark judges on latents the job never saw
-DEFAULT_FORGET = {"digits": "0", "fashion-mnist": "Trouser"}  # per built-in domain (--domain's choices)
+DEFAULT_FORGET = {"digits": "0"}  # per built-in domain (--domain's choices; Fashion-MNIST: branch fashion)
 FORGET_FILE = "forget.npz"  # kong-data's upload: the forgotten class's training images
 PAPER_DEFAULTS = {"lam": 0.85, "epochs": 8, "ema_decay": None, "select_best": False, "patience": None}
 # --quick: a smoke run's budget per method, over the row's own hyperparameters
@@ -165,7 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domain", choices=sorted(DEFAULT_FORGET), default="digits", help="the built-in domain (default digits)")
     parser.add_argument("--forget", default=None, metavar="LABEL",
-                        help="the class to forget, by name or index (default: digits 0, fashion-mnist Trouser)")
+                        help="the class to forget, by name or index (default: digits 0)")
     parser.add_argument("--seeds", type=int, default=3, help="redaction seeds per row (default 3)")
     parser.add_argument("--eval-samples", type=int, default=10_000,
                         help="samples for the gates and for the benchmark's judging (default 10000)")
