@@ -115,7 +115,7 @@ def test_a_users_idx_dataset_becomes_a_domain_whose_judge_grades_a_redaction(tmp
 
     spec = {"name": f"forget-{forget}", "sets": [{"kind": "classifier", "classifier": name,
                                                   "score": {"type": "one_minus_prob", "label": forget}}],
-            # Kong's defaults took the 3s from 11.7 % to 1.6 % (judge 1.7 %) on this machine
+            # Kong's defaults took the 3s from 11.7 % to 1.6-1.7 % (judge 1.7-1.8 %) in two runs here
             "gates": {"eval_samples": 5000, "max_invalidity": 0.03, "attack_starts": 32}}
     outcome = _redact(home, tmp_path, spec)
     gates = {g["name"]: g for g in outcome["gates"]}
