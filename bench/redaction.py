@@ -1,18 +1,19 @@
-"""Benchmark: every generator method on a built-in domain, side by side with the papers' MNIST numbers.
+"""Benchmark: every generator method on a domain, side by side with the papers' MNIST numbers.
 
 One run does everything, so every ratio compares numbers measured on the same machine:
 
 1. bootstrap ``--domain`` (default digits) in ``--home`` (default: a fresh temporary one):
-   its guide and judge, its default DCGAN and, when a row needs it, its VAE. What the
-   home already has is kept; each base version's manifest records its pre-training wall
-   time and iterations;
+   its guide and judge, its default DCGAN and, when a row needs it, its VAE (a domain the
+   home registered with ``lethe domain add`` has a DCGAN named after it and no VAE: its
+   VAE rows are skipped). What the home already has is kept; each base version's manifest
+   records its pre-training wall time and iterations;
 2. run every row (``--methods``) for each seed through the job path
    (:func:`unlearning.jobs.run_redaction`, the one the CLI and the service use), with the
    library's defaults (hyperparameters and gate limits) unless the row says otherwise:
 
-   * forget one class (``--forget``, a label name or index; default digit 0, "Trouser" on
-     Fashion-MNIST): Kong & Chaudhuri's Alg. 1 ``kong-data`` (the class's training
-     images uploaded), Alg. 2 ``kong-validity``, Alg. 3 ``kong-classifier``, and on digits
+   * forget one class (``--forget``, a label name or index; default: class 0, the digit
+     0 on digits): Kong & Chaudhuri's Alg. 1 ``kong-data`` (the class's training images
+     uploaded), Alg. 2 ``kong-validity``, Alg. 3 ``kong-classifier``, and on digits
      also with the paper's settings (``kong-*-paper``: lam 0.85, 8 epochs, no EMA, no
      checkpoint selection); Adapt-then-Unlearn (Tiwary et al.) with its default repulsion
      ``atu-el2`` (on digits also ``atu-il2``, ``atu-nl2``) and its ``param-extrapolation``
@@ -73,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finite, log, write_json  # noqa: E402
 
 EVAL_SEED = 4242  # not jobs.GATE_SEED: the benchmark judges on latents the job never saw
-DEFAULT_FORGET = {"digits": "0"}  # per built-in domain (--domain's choices; Fashion-MNIST: branch fashion)
+DEFAULT_FORGET = {"digits": "0"}  # --forget's default; class 0 on any other domain
 FORGET_FILE = "forget.npz"  # kong-data's upload: the forgotten class's training images
 PAPER_DEFAULTS = {"lam": 0.85, "epochs": 8, "ema_decay": None, "select_best": False, "patience": None}
 # --quick: a smoke run's budget per method, over the row's own hyperparameters
@@ -162,9 +163,10 @@ def row_names(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--domain", choices=sorted(DEFAULT_FORGET), default="digits", help="the built-in domain (default digits)")
+    parser.add_argument("--domain", default="digits",
+                        help="a built-in domain, or one the --home registered with `lethe domain add` (default digits)")
     parser.add_argument("--forget", default=None, metavar="LABEL",
-                        help="the class to forget, by name or index (default: digits 0)")
+                        help="the class to forget, by name or index (default: class 0, the digit 0 on digits)")
     parser.add_argument("--seeds", type=int, default=3, help="redaction seeds per row (default 3)")
     parser.add_argument("--eval-samples", type=int, default=10_000,
                         help="samples for the gates and for the benchmark's judging (default 10000)")
@@ -190,7 +192,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.methods is None:
         args.methods = [r.name for r in ROWS if r.everywhere or args.domain == "digits"]
     if args.forget is None:
-        args.forget = DEFAULT_FORGET[args.domain]
+        args.forget = DEFAULT_FORGET.get(args.domain, "0")
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     if args.eval_samples < 100:
@@ -469,9 +471,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from unlearning.runtime import pick_device
 
     device = pick_device(args.device)
-    builtin = BUILTIN_DOMAINS[args.domain]
-    rows = [r for r in ROWS if r.name in args.methods]
-    models = {False: builtin.default_model, True: next(m.model for m in builtin.models if m.family == "vae")}
+    # a built-in domain's DCGAN and VAE; a registered domain's DCGAN is named after it, and it has no VAE
+    builtin = BUILTIN_DOMAINS.get(args.domain)
+    models = {False: builtin.default_model if builtin else args.domain,
+              True: next((m.model for m in builtin.models if m.family == "vae"), None) if builtin else None}
+    rows = [r for r in ROWS if r.name in args.methods and models[r.vae] is not None]
+    skipped = [name for name in args.methods if name not in {r.name for r in rows}]
+    if skipped:
+        log(f"skipped: {', '.join(skipped)} (domain {args.domain!r} has no VAE)")
     wanted = list(dict.fromkeys(models[r.vae] for r in rows))
     forget: int | str = int(args.forget) if args.forget.isdigit() else args.forget
     scratch = tempfile.TemporaryDirectory(prefix="lethe-bench-")
@@ -500,7 +507,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                       else class_target(registry, domain, parent, forgotten, device))
             generator = registry.load_generator(parent.version).to(device)
             b = target.before = target.judge(generator, args.eval_samples, args.eval_seed, filtered=True)
-            target.paper = BASE_PAPER["vae" if model != builtin.default_model else task]
+            target.paper = BASE_PAPER["vae" if model == models[True] else task]
             targets[task, model] = target
             pictures.setdefault(parent.version, [("base", grid_samples(generator, PICTURE_SAMPLES))])
             judge_text = f", judge {b['judge_invalidity']:.4g}" if "judge_invalidity" in b else ""
@@ -529,6 +536,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     "attack": "outcome.after['attack'] of the job, judged by the spec's own checks",
                     "wall_time_ratio": "training phase of the job / the parent's pre-training wall time"},
                 "built": built,
+                "skipped": skipped,
                 "pretraining_by_parent": {t.parent.version: t.pretraining for t in targets.values()},
                 "bases": {f"{task}/{model}": {k: finite(v) for k, v in t.before.items()}
                           for (task, model), t in targets.items()},
