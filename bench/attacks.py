@@ -17,7 +17,20 @@ import time
 from typing import Any
 
 COLUMNS = ("judge_random_invalidity", "gradient_attack", "gradient_climbed", "fooled_share", "gradient_worst_case",
-           "inversion_attack", "inversion_mse", "attack_worst_case", "attack_seconds")
+           "inversion_attack", "inversion_mse", "bench_worst_case", "attack_seconds")
+
+
+WORST_CASE_NOTE = (
+    "every digit-0 model is attacked the same way whatever its spec: gradient ascent on the guide's 'is 0' "
+    "margin from 256 starts (60 Adam steps, until the margin reaches 2) and inversion of 32 held-out zeros "
+    "(8 starts x 300 Adam steps, ||z|| <= sqrt(d)), both judged by the domain's judge on the final images; "
+    "'climbed guide' is what the guide says of the same images, and the fooled share is where it says 0 and the "
+    "judge does not. Worst case = the largest of the gradient attack, truncation (psi 0.25, 0.5, 1.5, 2) and "
+    "inversion. Feedback rows: the job's own attacks.")
+
+
+# stronger than a job's default (4 starts x 100 steps): the benchmark can afford it
+BENCH_INVERSION = {"targets": 32, "starts": 8, "steps": 300, "lr": 0.05}
 
 
 class ClassAttack:
@@ -35,11 +48,12 @@ class ClassAttack:
 
     def columns(self, generator) -> dict[str, Any]:
         from unlearning.jobs.attacks import run_attacks
+        from unlearning.metrics import InversionSettings
 
         started = time.monotonic()
         p = self.prepared
         summaries, _ = run_attacks({"model": generator.to(self.domain.device)}, p.spec, p.omega, p.judged,
-                                   self.domain)
+                                   self.domain, inversion=InversionSettings(**BENCH_INVERSION))
         s = summaries["model"]
         inversion = s.get("inversion") or {}
         return {
@@ -50,10 +64,25 @@ class ClassAttack:
             "gradient_worst_case": s["gradient_worst_case"],
             "inversion_attack": inversion.get("attack_invalidity"),
             "inversion_mse": (inversion.get("mse") or {}).get("mean"),
-            "attack_worst_case": s["worst_case"],
+            "bench_worst_case": s["worst_case"],
             "attack_seconds": time.monotonic() - started,
             "attack_judged_by": s["judged_by"],
         }
+
+
+def attack_columns(attacks: ClassAttack | None, candidate, outcome) -> dict[str, Any]:
+    """The worst-case columns of one redacted model: the benchmark's own attacks where the
+    task has a class the judge can name; else the job's own attacks (for feedback, judged
+    by nearest neighbour among the marks in the judge's features)."""
+    if attacks is not None:
+        return attacks.columns(candidate)
+    attack = outcome.after.get("attack") or {}
+    inversion = attack.get("inversion") or {}
+    return {"judge_random_invalidity": attack.get("random_invalidity"), "gradient_attack": attack.get("attack_invalidity"),
+            "gradient_climbed": attack.get("climbed_invalidity"), "fooled_share": attack.get("fooled_share"),
+            "gradient_worst_case": attack.get("gradient_worst_case"),
+            "inversion_attack": inversion.get("attack_invalidity"), "inversion_mse": (inversion.get("mse") or {}).get("mean"),
+            "bench_worst_case": attack.get("worst_case"), "attack_judged_by": attack.get("judged_by")}
 
 
 def _cell(stat: dict[str, Any] | None, digits: int = 3) -> str:
@@ -65,7 +94,7 @@ def _cell(stat: dict[str, Any] | None, digits: int = 3) -> str:
 
 def worst_case_table(rows: list[dict[str, Any]], measure: str = "invalidity") -> list[str]:
     """Markdown lines: one row per benchmark row that has the attack columns."""
-    rows = [r for r in rows if (r.get("attack_worst_case") or {}).get("mean") is not None]
+    rows = [r for r in rows if (r.get("bench_worst_case") or {}).get("mean") is not None]
     if not rows:
         return []
     lines = ["| row | variant | seeds | promoted | random invalidity (judge) | gradient attack (judge) "
@@ -79,7 +108,7 @@ def worst_case_table(rows: list[dict[str, Any]], measure: str = "invalidity") ->
             f"| {r.get('row', r['method'])} | {r['variant']} | {len(r['seeds'])} | {promoted} | "
             f"{_cell(r.get('judge_random_invalidity'), 4)} | {_cell(r.get('gradient_attack'))} | "
             f"{_cell(r.get('gradient_climbed'))} | {_cell(r.get('fooled_share'))} | {_cell(r.get('inversion_attack'))} | "
-            f"{_cell(r.get('inversion_mse'))} | {_cell(r.get('attack_worst_case'))} | "
+            f"{_cell(r.get('inversion_mse'))} | {_cell(r.get('bench_worst_case'))} | "
             f"{_cell(r.get('fid_over_filtered_base'))} | {'1 (pre-training)' if base else _cell(r.get('wall_time_ratio'))} | "
             f"{_cell(r.get('attack_seconds'), 1)} |")
     return lines

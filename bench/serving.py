@@ -282,8 +282,10 @@ def raw_path(registry, version: str, args: argparse.Namespace, threads: int | No
 class Server:
     """``lethe serve`` in its own process group, with its own BENTOML_HOME; always stopped."""
 
-    def __init__(self, home: Path, port: int, workers: int, token: str, monitor_share: float):
+    def __init__(self, home: Path, port: int, workers: int, token: str, monitor_share: float,
+                 env: dict[str, str] | None = None):
         self.home, self.port, self.workers, self.token = home, port, workers, token
+        self.extra_env = dict(env or {})
         self.monitor_share = monitor_share
         self.scratch = tempfile.TemporaryDirectory(prefix="lethe-bench-serving-")
         self.log_path = Path(self.scratch.name) / "server.log"
@@ -297,7 +299,7 @@ class Server:
         bento_home = Path(self.scratch.name) / "bentoml"
         bento_home.mkdir()
         env = dict(os.environ, LETHE_HOME=str(self.home), BENTOML_HOME=str(bento_home),
-                   LETHE_ADMIN_TOKEN=self.token, LETHE_MONITOR_SHARE=str(self.monitor_share))
+                   LETHE_ADMIN_TOKEN=self.token, LETHE_MONITOR_SHARE=str(self.monitor_share), **self.extra_env)
         for name in ("LETHE_WORKERS", "LETHE_THREADS"):  # the launcher and settings decide
             env.pop(name, None)
         command = [str(lethe), "serve", "--port", str(self.port), "--host", "127.0.0.1",

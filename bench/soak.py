@@ -23,6 +23,15 @@ latency and memory over time with the phases shaded.
 
     .venv/bin/python bench/soak.py --home ~/.lethe --output bench/results/soak.json --plot soak.png
     .venv/bin/python bench/soak.py --duration 120 --warmup 20 --epochs 2          # smoke run
+
+``--database postgresql`` runs the same soak on two instances with separate LETHE_HOMEs
+that share only PostgreSQL and an S3 bucket (a throwaway cluster from Debian's
+``postgresql`` package and moto's S3 server, unless ``--database-url`` /
+``--registry-url`` name real ones; boto3's variables then say where S3 is). The clients
+are split between the instances, the jobs are submitted to each in turn, and each
+promotion reports the seconds from the pointer's move (its ``activated_at`` in the
+database) to the last serving worker of either instance seen answering with the new
+version (probes on fresh connections every 50 ms).
 """
 
 from __future__ import annotations
@@ -70,9 +79,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pause", type=float, default=0.05,
                         help="seconds each client waits between requests (default 0.05)")
     parser.add_argument("--epochs", type=int, default=None, help="redaction epochs per job (default: the method's)")
+    parser.add_argument("--permissive-gates", action="store_true",
+                        help="gates every job passes (for a smoke run on a home bootstrapped with few epochs)")
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between memory samples")
     parser.add_argument("--monitor-share", type=float, default=0.1,
                         help="LETHE_MONITOR_SHARE of the server (default 0.1: the online monitor runs)")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="sqlite: one instance on one LETHE_HOME (default); postgresql: two instances, "
+                             "separate homes, sharing PostgreSQL and S3")
+    parser.add_argument("--database-url", default=None, help="with --database postgresql: an existing database "
+                        "(default: a throwaway cluster)")
+    parser.add_argument("--registry-url", default=None, help="with --database postgresql: s3://bucket/prefix "
+                        "(default: moto's server and a new bucket)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON document to this file")
     parser.add_argument("--plot", type=Path, default=None, help="draw latency and memory over time (PNG)")
     args = parser.parse_args(argv)
@@ -213,8 +231,63 @@ def first_served(load: Load, version: str, since: float, timeout: float = 60.0) 
     raise RuntimeError(f"{version} was not served within {timeout:.0f} s of its promotion")
 
 
+class SwapProbe:
+    """Fresh-connection requests to every instance every ``every`` s, in a thread: which
+    serving worker answered with which version, when (wall clock)."""
+
+    def __init__(self, urls: list[str], every: float = 0.05):
+        self.urls, self.every = urls, every
+        self.seen: list[tuple[float, str, str, str]] = []  # (time, url, worker, version)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="soak-swap-probe")
+
+    def _run(self) -> None:
+        import httpx
+
+        while not self._stop.is_set():
+            for url in self.urls:
+                try:
+                    reply = httpx.post(f"{url}/generate", json={"n": 1, "seed": 0}, timeout=10,
+                                       headers={"Connection": "close"})
+                    if reply.status_code == 200:
+                        self.seen.append((time.time(), url, reply.headers.get("x-lethe-worker", "?"),
+                                          reply.json()["model_version"]))
+                except Exception:  # counted by the load's clients, not here
+                    pass
+            self._stop.wait(self.every)
+
+    def start(self) -> "SwapProbe":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def last_swap_s(self, version: str, moved_at: float) -> dict[str, Any]:
+        """Seconds from ``moved_at`` to the first answer with ``version`` of each worker seen."""
+        workers = {(url, worker) for _, url, worker, _ in self.seen}
+        first = {}
+        for key in workers:
+            times = [t for t, url, worker, v in self.seen if (url, worker) == key and v == version and t >= moved_at]
+            if times:
+                first[f"{key[0]} worker {key[1]}"] = round(min(times) - moved_at, 3)
+        return {"workers": first, "last_worker_swapped_s": max(first.values()) if first else None,
+                "workers_seen": len(workers)}
+
+
+def activated_at(database_url: str, model: str) -> float:
+    """When the model's pointer last moved (the database's record), as a Unix time."""
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        stamp = conn.execute("SELECT activated_at FROM active_versions WHERE model = %s", (model,)).fetchone()[0]
+    return datetime.fromisoformat(stamp).timestamp()
+
+
 def run_job(admin: Admin, load: Load, name: str, spec: dict[str, Any], parent: str,
-            phases: list[dict[str, Any]]) -> dict[str, Any]:
+            phases: list[dict[str, Any]], probe: SwapProbe | None = None,
+            database_url: str | None = None) -> dict[str, Any]:
     submitted = time.perf_counter()
     job_id = admin.submit({"name": "soak-" + name.replace(" ", "-"), **spec}, parent)
     log(f"{name}: submitted job {job_id} from {parent}")
@@ -224,39 +297,85 @@ def run_job(admin: Admin, load: Load, name: str, spec: dict[str, Any], parent: s
     swapped = first_served(load, job["version"], submitted)
     log(f"{name}: {job['version']} promoted and served {time.perf_counter() - submitted:.0f} s after submission")
     phases.append({"name": name, "t0": submitted, "t1": swapped})
-    return {"job_id": job_id, "version": job["version"], "state": job["state"], "method": job["result"]["method"],
-            "wall_s": swapped - submitted, "invalidity_after": (job["result"]["after"] or {}).get("invalidity")}
+    out = {"job_id": job_id, "version": job["version"], "state": job["state"], "method": job["result"]["method"],
+           "worker": job["worker"], "wall_s": swapped - submitted,
+           "invalidity_after": (job["result"]["after"] or {}).get("invalidity")}
+    if probe is not None and database_url:
+        time.sleep(3.0)  # let the probes see every worker
+        out["swap"] = probe.last_swap_s(job["version"], activated_at(database_url, MODEL))
+        log(f"{name}: promotion to the last worker swapped: {out['swap']['last_worker_swapped_s']} s")
+    return out
 
 
 # ------------------------------------------------------------------------------ the soak
 
 
-def soak(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+class _Loads:
+    """One Load per instance, read as one."""
+
+    def __init__(self, loads: list[Load]):
+        self.loads = loads
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [r for load in self.loads for r in load.snapshot()]
+
+    def stop(self) -> None:
+        for load in self.loads:
+            load.stop()
+
+
+class _Memory:
+    def __init__(self, samplers: list[MemorySampler]):
+        self.samplers = samplers
+
+    @property
+    def samples(self) -> list[dict[str, Any]]:
+        return [s for sampler in self.samplers for s in sampler.samples]
+
+    def stop(self) -> None:
+        for sampler in self.samplers:
+            sampler.stop()
+
+    def report(self, *args) -> list[dict[str, Any]]:
+        return [p for sampler in self.samplers for p in sampler.report(*args)]
+
+
+def soak(args: argparse.Namespace, homes: list[Path], env: dict[str, str]) -> dict[str, Any]:
     from unlearning.registry import Registry
 
-    base = Registry(home).active(MODEL)
+    base = Registry(homes[0], database_url_=env.get("LETHE_DATABASE_URL"),
+                    registry_url_=env.get("LETHE_REGISTRY_URL")).active(MODEL)
     spec = dict(FORGET_ZERO, hyperparameters={"epochs": args.epochs} if args.epochs else {})
+    if args.permissive_gates:
+        spec["gates"] = {"max_invalidity": 1.0, "max_fid_increase": 1e6, "min_class_share_ratio": 0.0,
+                         "eval_samples": 1000}
     token = secrets.token_urlsafe(16)
-    server = Server(home, free_port(), args.workers, token, args.monitor_share)
-    server.start()
+    servers = [Server(home, free_port(), args.workers, token, args.monitor_share, env=env) for home in homes]
+    for server in servers:
+        server.start()
     doc: dict[str, Any] = {}
     try:
-        server.wait_ready(300)
-        load = Load(server.url, args.clients, args.n, pause_s=args.pause, timeout_s=60).start()
-        memory = MemorySampler(server.process.pid, args.sample_every).start()
+        for server in servers:
+            server.wait_ready(600)
+        share = max(1, args.clients // len(servers))
+        load = _Loads([Load(server.url, share, args.n, first_seed=1_000_000 * i, pause_s=args.pause, timeout_s=60)
+                       .start() for i, server in enumerate(servers)])
+        memory = _Memory([MemorySampler(server.process.pid, args.sample_every).start() for server in servers])
+        probe = SwapProbe([server.url for server in servers]).start() if len(servers) > 1 else None
         t0 = time.perf_counter()
         phases = [{"name": "warm-up", "t0": t0, "t1": t0 + args.warmup}]
-        admin = Admin(server.url, token)
+        admins = [Admin(server.url, token) for server in servers]
+        db_url = env.get("LETHE_DATABASE_URL")
         try:
             time.sleep(args.warmup)
             log("steady")
             time.sleep(args.steady)
             phases.append({"name": "steady", "t0": phases[-1]["t1"], "t1": time.perf_counter()})
-            jobs = [run_job(admin, load, "job 1", spec, base, phases)]
+            jobs = [run_job(admins[0], load, "job 1", spec, base, phases, probe, db_url)]
             between = time.perf_counter()
             time.sleep(args.between)
             phases.append({"name": "between", "t0": between, "t1": time.perf_counter()})
-            jobs.append(run_job(admin, load, "job 2", spec, base, phases))
+            jobs.append(run_job(admins[-1], load, "job 2", spec, base, phases, probe, db_url))
             after = time.perf_counter()
             remaining = max(args.after, args.duration - (after - t0))
             log(f"after: {remaining:.0f} s more")
@@ -266,6 +385,8 @@ def soak(args: argparse.Namespace, home: Path) -> dict[str, Any]:
         finally:
             load.stop()
             memory.stop()
+            if probe is not None:
+                probe.stop()
         records = load.snapshot()
         errors = [r for r in records if not r["ok"]]
         per_phase = [{"phase": p["name"], **summarise(records, p["t0"], p["t1"])} for p in phases]
@@ -274,12 +395,13 @@ def soak(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             p["latency_ratio_p99_over_steady"] = finite(p["latency_s"]["p99"] / steady_p99) \
                 if steady_p99 and p["latency_s"]["p99"] else None
         processes = memory.report(t0 + args.warmup, after, end)
-        log_errors = server.log_errors()
+        log_errors = {server.url: server.log_errors() for server in servers}
         doc = {
             "duration_s": end - t0, "requests": len(records), "errors": len(errors),
             "error_samples": sorted({r["error"] for r in errors})[:10],
             "images": sum(r["images"] for r in records if r["ok"]),
             "versions_served": sorted({r["version"] for r in records if r["ok"]}),
+            "instances": len(servers), "database": args.database,
             "jobs": jobs, "phases": per_phase, "processes": processes,
             "server_log": log_errors,
             "targets": {
@@ -292,8 +414,9 @@ def soak(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             "_timeline": {"t0": t0, "phases": phases, "records": records, "memory": memory.samples},
         }
     finally:
-        server.stop()
-        server.cleanup()
+        for server in servers:
+            server.stop()
+            server.cleanup()
     return doc
 
 
@@ -340,6 +463,46 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+class SharedStorage:
+    """PostgreSQL and S3 for ``--database postgresql``: the ones named, or throwaway ones
+    (tests/backends.py: a cluster from Debian's package, moto's server)."""
+
+    def __init__(self, args: argparse.Namespace):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from backends import PostgresCluster, S3Server
+
+        self.cluster = self.s3 = None
+        self.env: dict[str, str] = {}
+        if args.database_url:
+            self.env["LETHE_DATABASE_URL"] = args.database_url
+        else:
+            self.cluster = PostgresCluster()
+            self.env["LETHE_DATABASE_URL"] = self.cluster.new_database()
+        if args.registry_url:
+            self.env["LETHE_REGISTRY_URL"] = args.registry_url
+        else:
+            self.s3 = S3Server()
+            self.env.update(self.s3.env())
+            os.environ.update(self.s3.env())
+            self.env["LETHE_REGISTRY_URL"] = self.s3.new_bucket()
+        log(f"shared storage: {self.env['LETHE_REGISTRY_URL']} and a PostgreSQL database")
+
+    def seed(self, home: Path, scratch: Path) -> list[Path]:
+        """The copied home's domains, classifiers, versions and pointers into the shared storage;
+        two empty homes for the two instances."""
+        from backends import publish_home
+        from unlearning.registry import Registry
+
+        publish_home(home, Registry(scratch / "seed", database_url_=self.env["LETHE_DATABASE_URL"],
+                                    registry_url_=self.env["LETHE_REGISTRY_URL"]))
+        return [scratch / "home-a", scratch / "home-b"]
+
+    def close(self) -> None:
+        for server in (self.cluster, self.s3):
+            if server is not None:
+                server.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lethe-soak-") as scratch:
@@ -356,14 +519,24 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             bootstrap(Registry(home), show_progress=False)
             bootstrap_s = time.monotonic() - started
+        homes, env, shared = [home], {}, None
+        if args.database == "postgresql":
+            shared = SharedStorage(args)
+            env = shared.env
+            homes = shared.seed(home, Path(scratch))
         doc = {
-            "benchmark": "soak: sampling while two redaction jobs run, promote and hot-swap",
+            "benchmark": "soak: sampling while two redaction jobs run, promote and hot-swap"
+                         + (" (two instances, PostgreSQL and S3)" if shared else ""),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(os.cpu_count() or 1),
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
             | {"bootstrap_s": bootstrap_s, "spec": FORGET_ZERO},
-            **soak(args, home),
         }
+        try:
+            doc.update(soak(args, homes, env))
+        finally:
+            if shared is not None:
+                shared.close()
     timeline = doc.pop("_timeline")
     if args.plot:
         plot({**doc, "_timeline": timeline}, args.plot)

@@ -3,14 +3,16 @@ jobs, activate versions, and read the audit trail. Every route needs
 ``Authorization: Bearer $LETHE_ADMIN_TOKEN``.
 
 It only translates HTTP into library calls: uploads are checked by ``unlearning.data``,
-specs and checks by ``unlearning.jobs.preflight``, jobs live in ``JobStore`` and run in
+specs and checks by ``unlearning.jobs.preflight``, jobs live in the job store (``unlearning.store``) and run in
 the separate job worker (``service/worker.py``), never in a serving worker.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
+import os
 import re
 import shutil
 import uuid
@@ -25,17 +27,18 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from service.admin_auth import ACTOR_SCOPE_KEY, BearerAuth
-from service.audit import record_activation
+from service.admin_auth import ACTOR_SCOPE_KEY, BearerAuth, actor_key
 from service.http_limits import RequestTooLarge
-from service.job_store import (
-    AUDIT_ACTIONS, AUDIT_MAX_LIMIT, JOB_STATES, JobFinishedError, JobStore, JobStoreBusyError, QueueFullError,
-)
 from service.settings import Settings
 from service.uploads import remove_ended
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
 from unlearning.names import shown
 from unlearning.registry import Registry
+from unlearning.store import (
+    AUDIT_ACTIONS, AUDIT_MAX_LIMIT, JOB_STATES, JobFinishedError, JobStoreBusyError, QueueFullError,
+    StorageUnavailableError, StoreUnavailableError, open_store,
+)
+from unlearning.store.events import record_activation
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ def _status_for(exc: LetheError) -> int:
         return 404
     if isinstance(exc, JobFinishedError):
         return 409
-    if isinstance(exc, JobStoreBusyError):
+    if isinstance(exc, (JobStoreBusyError, StoreUnavailableError, StorageUnavailableError)):  # try again
         return 503
     if isinstance(exc, QueueFullError):
         return 429
@@ -91,9 +94,8 @@ class AdminAPI:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.registry = Registry(settings.home)
-        self.store = JobStore(settings.home / "jobs.sqlite")
+        self.store = open_store(settings.home)
         self.uploads_root = settings.home / "uploads"
-        self.reports_root = settings.home / "reports" / "jobs"
 
     def app(self):
         routes = [
@@ -112,7 +114,8 @@ class AdminAPI:
             # Starlette's own refusals (no such route, wrong method, too many files): JSON too
             HTTPException: lambda request, exc: error(exc.status_code, str(exc.detail)),
         })
-        return BearerAuth(app, self.settings.admin_token, self.settings.home)
+        key = actor_key(self.settings.home, self.store) if self.settings.admin_token else (lambda: b"")
+        return BearerAuth(app, self.settings.admin_token, key)
 
     def _public(self, message: str) -> str:
         """An error message as a client may read it: where the server keeps its files is its own."""
@@ -122,7 +125,7 @@ class AdminAPI:
 
     async def submit(self, request: Request) -> JSONResponse:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        staging = self.uploads_root / f".tmp-{uuid.uuid4().hex}"
+        staging = self.uploads_root / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"  # the pid: see store.files
         try:
             if content_type == "multipart/form-data":
                 spec_bytes, form_parent = await self._read_multipart(request, staging)
@@ -147,9 +150,8 @@ class AdminAPI:
                 if extra:
                     return error(400, f"uploaded file(s) {', '.join(extra)} are not referenced by the spec")
             job_uploads = None
-            if uploads is not None:
-                job_uploads = self.uploads_root / uuid.uuid4().hex
-                staging.rename(job_uploads)
+            if uploads is not None:  # with object storage, published for a job worker on another node
+                job_uploads = await anyio.to_thread.run_sync(self.registry.keep_uploads, staging)
             try:
                 job = self.store.submit(
                     spec.model_dump(mode="json"), spec_hash=spec_hash(spec), spec_name=spec.name,
@@ -158,8 +160,9 @@ class AdminAPI:
                     max_queued=self.settings.max_queued_jobs,
                 )  # its audit entry is written in the same transaction: no job without one
             except BaseException:
-                if job_uploads is not None:  # no job refers to them: leave nothing behind
-                    shutil.rmtree(job_uploads, ignore_errors=True)
+                if job_uploads is not None:  # no job refers to them: leave nothing behind (published too)
+                    with contextlib.suppress(LetheError):
+                        self.registry.discard_uploads(job_uploads)
                 raise
             log.info("job %s submitted: %s (%s) from %s", job.id, spec.name, method, parent_manifest.version)
             return JSONResponse({"job_id": job.id, "state": job.state, "method": method,
@@ -233,12 +236,12 @@ class AdminAPI:
 
     async def cancel(self, request: Request) -> JSONResponse:
         job = self.store.cancel(request.path_params["job_id"], actor=_actor(request))
-        remove_ended(job, self.uploads_root)  # cancelled before it started: its uploads go now
+        await anyio.to_thread.run_sync(remove_ended, job, self.registry)  # cancelled before it started: now
         return JSONResponse(_job_view(job), status_code=202 if not job.final else 200)
 
     async def report(self, request: Request) -> HTMLResponse:
         job = self.store.get(request.path_params["job_id"])
-        folder = self.reports_root / job.id
+        folder = await anyio.to_thread.run_sync(self.registry.report, job.id)  # another node's, fetched
         if not (folder / "index.html").is_file():
             state = f"it is {job.state}" + (f": {job.reason}" if job.reason else "")
             raise NotFoundError(f"job {job.id} has no report yet ({state})")

@@ -5,8 +5,11 @@ The header is read once, here. A request with more than one ``Authorization`` he
 refused (which one would count?). ``Bearer`` is matched in any case, and spaces around
 the token are ignored, so one token is always one actor. The actor is ``token:`` and a
 keyed hash of the token (HMAC-SHA256, 64 bits shown): the key is random, made once per
-``LETHE_HOME`` (``audit.key``, mode 0600) and shared by every worker and replica on it,
-so the fingerprint is stable and cannot be checked against a guessed token without it.
+audit trail and shared by everything that writes to it, so the fingerprint is stable and
+cannot be checked against a guessed token without it. With SQLite that is once per
+``LETHE_HOME`` (``audit.key``, mode 0600: every worker and replica on it); with
+PostgreSQL, where instances on several nodes each have a home of their own, the database
+holds it (``shared_secrets``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,16 @@ import hmac
 import json
 import os
 import secrets
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
+import anyio
+
+from unlearning.errors import LetheError
+
 AUDIT_KEY_FILE = "audit.key"
+AUDIT_SECRET = "audit-key"  # its name in PostgreSQL's shared_secrets
 ACTOR_SCOPE_KEY = "lethe.actor"  # where an authorised request carries its actor
 
 
@@ -50,6 +60,25 @@ def audit_key(home: Path) -> bytes:
     return path.read_bytes()
 
 
+def actor_key(home: Path, store) -> Callable[[], bytes]:
+    """How to get the audit trail's key: from the database with PostgreSQL (asked once, at
+    the first authorised request: the database may be away when the service starts), else
+    ``home``'s ``audit.key`` (made now)."""
+    if getattr(store, "backend", None) != "postgresql":
+        key = audit_key(home)
+        return lambda: key
+    found: list[bytes] = []
+    lock = threading.Lock()
+
+    def from_database() -> bytes:
+        with lock:
+            if not found:
+                found.append(store.shared_secret(AUDIT_SECRET))
+            return found[0]
+
+    return from_database
+
+
 def fingerprint(token: bytes, key: bytes) -> str:
     return "token:" + hmac.new(key, token, hashlib.sha256).hexdigest()[:16]
 
@@ -70,12 +99,14 @@ def presented_token(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, s
 
 class BearerAuth:
     """401 for every admin path unless the bearer token matches (constant-time); an
-    authorised request carries its actor in ``scope["lethe.actor"]``."""
+    authorised request carries its actor in ``scope["lethe.actor"]``. ``key`` gives the
+    audit trail's key (``actor_key``); while it cannot be read, 503."""
 
-    def __init__(self, app, token: str | None, home: Path):
+    def __init__(self, app, token: str | None, key: Callable[[], bytes]):
         self.app = app
         self.token = token.encode() if token else None
-        self.key = audit_key(home) if token else b""
+        self._load_key = key
+        self._key: bytes | None = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -87,7 +118,12 @@ class BearerAuth:
         if token is None or not hmac.compare_digest(token, self.token):
             return await _send(send, *_reply(401, why or "wrong admin token (send 'Authorization: Bearer <token>')",
                                              challenge=True))
-        scope[ACTOR_SCOPE_KEY] = fingerprint(token, self.key)
+        if self._key is None:
+            try:
+                self._key = await anyio.to_thread.run_sync(self._load_key)
+            except LetheError as exc:  # the database holding it is away: the request can be retried
+                return await _send(send, *_reply(503, f"the admin API cannot name who is asking now: {exc}"))
+        scope[ACTOR_SCOPE_KEY] = fingerprint(token, self._key)
         return await self.app(scope, receive, send)
 
 

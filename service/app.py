@@ -30,8 +30,8 @@ from starlette.routing import Route
 from service.admin import AdminAPI
 from service.error_body import ErrorBodyShape
 from service.http_limits import BodySizeLimit
-from service.job_store import JobStore
 from service.log_escape import install as escape_logged_client_text
+from unlearning.store import open_store
 from service.metrics import metrics, publish_version
 from service.monitor import OnlineMonitor
 from service.refusal_log import install as log_refusals_without_tracebacks
@@ -121,7 +121,7 @@ class Lethe:
         self.registry = _REGISTRY
         self.actives: dict[str, ActiveGenerator] = {}  # model -> its hot-swapping session
         self._actives_lock = threading.Lock()
-        self.monitor = OnlineMonitor(self.registry, JobStore(SETTINGS.home / "jobs.sqlite"), SETTINGS.monitor_share)
+        self.monitor = OnlineMonitor(self.registry, open_store(SETTINGS.home), SETTINGS.monitor_share)
         for manifest in self.registry.list_versions():
             publish_version(manifest)
         for model in {SETTINGS.model, *self.registry.models()}:

@@ -16,12 +16,12 @@ import queue
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 
-from service.job_store import JobStore
+from unlearning.store import JobStore
 from service.metrics import metrics
+from unlearning.errors import LetheError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,12 @@ class OnlineMonitor:
     def _watched_specs(self) -> list[tuple[dict, str | None, str]]:
         """(spec, uploads folder, parent version: its model, and the samples any marks were made on)."""
         specs: list[tuple[dict, str | None, str]] = []
-        for job in self.store.list(limit=50, states=["queued", "running", "validating", "promoted"]):
+        try:
+            jobs = self.store.list(limit=50, states=["queued", "running", "validating", "promoted"])
+        except LetheError as exc:  # the database is away: watch what the versions say, ask again later
+            log.warning("online monitor cannot list jobs: %s", exc)
+            jobs = []
+        for job in jobs:
             if job.parent:
                 specs.append((job.spec, job.uploads_dir, job.parent))
         for manifest in self.registry.list_versions():
@@ -126,7 +131,8 @@ class OnlineMonitor:
                     self._domains[name] = load_domain(self.registry, parent_manifest, device=torch.device("cpu"))
                 domain = self._domains[name]
                 spec = load_spec(spec_doc)
-                sets = prepare_redaction_set(spec, self.registry, domain, Path(uploads) if uploads else None,
+                sets = prepare_redaction_set(spec, self.registry, domain,
+                                             self.registry.uploads(uploads) if uploads else None,
                                              marks_from=parent)
                 if not sets.omega.has_judge:
                     raise ValueError("the spec has no check that can judge generated samples")

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from service.job_store import AUDIT_ACTIONS, AUDIT_MAX_LIMIT, JOB_STATES, AuditEntry, JobRecord
+from unlearning.store import AUDIT_ACTIONS, AUDIT_MAX_LIMIT, JOB_STATES, AuditEntry, JobRecord
 
 _REF = "#/components/schemas/{model}"
 

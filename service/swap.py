@@ -1,14 +1,18 @@
-"""Hot-swap: each serving worker follows ``active/<model>.json`` on its own.
+"""Hot-swap: each serving worker follows the active pointer of each model on its own.
 
-A watcher thread reads the pointer every ``poll_s``. When it names another version, the
+A watcher thread reads the pointer every ``poll_s``, and at once when the registry says it
+changed (with PostgreSQL, a NOTIFY pushed to every worker of every instance; pointer files
+are only polled). When it names another version, the
 thread verifies that version's files, builds its ONNX Runtime session (a generator's or an
 image-to-image model's) and runs one warm-up batch, all off the request path, then
 replaces ``current`` in one assignment. A request takes ``current`` once when it starts,
 so requests in flight finish on the session they started with. When the pointer cannot
-be read, or names a version that cannot be loaded (corrupted, missing), or the served
-version's files stop matching their checksums, the worker serves nothing
+be read (a garbled file), or names a version that cannot be loaded (corrupted, missing),
+or the served version's files stop matching their checksums, the worker serves nothing
 (``ActiveUnservableError``), as every other worker and every restarted one does, and
-tries again every ``retry_s`` (a file may be restored).
+tries again every ``retry_s`` (a file may be restored). While the database or the object
+storage cannot be reached (not the version's fault), a worker keeps serving what it has
+and looks again at the next poll; one with nothing loaded refuses, saying why.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from unlearning.errors import LetheError, NotFoundError
 from unlearning.export import OnnxGenerator, OnnxInpainter
 from unlearning.registry import Registry, VersionManifest
+from unlearning.store import JobStoreError, StorageUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,9 @@ class ActiveGenerator:
     the pointer cannot be read, or names a version that will not load, or the files of
     the version being served stop matching their checksums (noticed by a changed
     ``stat`` at once, or by a full check every ``retry_s``), every worker refuses to
-    sample (409) and is not ready (503), saying why, until the files are good again."""
+    sample (409) and is not ready (503), saying why, until the files are good again. The
+    one exception is an outage that says nothing about the version (the database or the
+    object storage cannot be reached): a worker then keeps what it has loaded."""
 
     def __init__(
         self,
@@ -111,6 +118,8 @@ class ActiveGenerator:
         self._problem: str | None = None  # why the active version cannot be served, when it cannot
         self._failed: str | None = None  # a pointer target that would not load (retried after retry_s)
         self._failed_at = 0.0
+        self._changed = registry.pointer_changes()  # set when the pointer may have moved
+        self._unreachable = False  # the database or object storage was down at the last look
         self._on_disk: tuple | None = None  # stat of the served version's files when last verified
         self._verified_at = 0.0
 
@@ -136,6 +145,7 @@ class ActiveGenerator:
 
     def stop(self) -> None:
         self._stop.set()
+        self._changed.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -144,9 +154,15 @@ class ActiveGenerator:
         cannot be served. True when a swap happened."""
         try:
             target = self.registry.active(self.model)
+        except JobStoreError as exc:  # the database is away: the pointer may not have moved
+            self._away(f"the active pointer of {self.model!r} cannot be read now: {exc}")
+            return False
         except LetheError as exc:
             self._refuse(f"the active pointer of {self.model!r} cannot be read: {exc}")
             return False
+        if self._unreachable:
+            log.info("the active version of %s can be read again", self.model)
+            self._unreachable = False
         current = self._current
         if target is None:  # no pointer (removed by hand): nothing is active, as at a start
             if current is not None or self._problem is not None:
@@ -162,13 +178,28 @@ class ActiveGenerator:
             return False
         try:
             loaded = self._pinned_checked(target) or load_version(self.registry, target, self.threads, active=True)
+        except StorageUnavailableError as exc:  # not the version's fault: looked at again at the next poll
+            self._away(f"the active version {target!r} of {self.model!r} cannot be fetched now: {exc}")
+            return False
         except Exception as exc:  # corrupted, missing, or a graph ONNX Runtime will not take
             self._failed, self._failed_at = target, time.monotonic()
             self._refuse(f"the active version {target!r} of {self.model!r} cannot be served: {_plain(exc)}")
             return False
         self._failed = None
+        self._unreachable = False
         self._serve(loaded)
         return True
+
+    def _away(self, problem: str) -> None:
+        """The database or the object storage cannot be reached. What this worker serves it
+        goes on serving (said once, not at every poll); with nothing loaded, it refuses."""
+        current = self._current
+        if current is None:
+            self._refuse(problem)
+            return
+        if not self._unreachable:
+            log.warning("%s; still serving %s", problem, current.version)
+        self._unreachable = True
 
     def _serve(self, loaded: LoadedVersion) -> None:
         previous, was_refusing = self._current, self._problem is not None
@@ -224,7 +255,11 @@ class ActiveGenerator:
 
     def _watch(self) -> None:
         last_error = None
-        while not self._stop.wait(self.poll_s):
+        while not self._stop.is_set():
+            self._changed.wait(self.poll_s)
+            self._changed.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.refresh()
                 last_error = None

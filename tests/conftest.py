@@ -1,15 +1,18 @@
-"""Shared fixtures: real LETHE_HOMEs on disk, bootstrapped once per test session.
+"""Shared fixtures: real LETHE_HOMEs on disk, built once per test session.
 
 ``base_home`` is the embedded default exactly as `lethe bootstrap` builds it (full
-pre-training: a few minutes on 2 cores); ``quick_home`` is a 2-epoch bootstrap for tests
-of error paths that need a registry but not a good model. Tests that change state work
-on a copy (``base_copy`` / ``quick_copy``). A developer may set ``LETHE_TEST_BASE_HOME``
-(``LETHE_TEST_QUICK_HOME``) to a home `lethe bootstrap` (`--epochs 2`) already built: it
-is copied, and bootstrap adds what it lacks."""
+pre-training: a few minutes on 2 cores); ``quick_home`` shares its domain (guide and judge)
+and its VAE and inpainter, with a 2-epoch DCGAN, for tests of error paths that need a
+registry but not a good generator; ``fashion_home`` holds the Fashion-MNIST domain and its
+base DCGAN, registered from committed weights (``tests/fashion.py``). Tests that change
+state work on a copy (``base_copy`` / ``quick_copy`` / ``fashion_copy``). A developer may set
+``LETHE_TEST_BASE_HOME`` (``LETHE_TEST_QUICK_HOME``, ``LETHE_TEST_FASHION_HOME``) to a home
+already built: it is copied, and what it lacks is added."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -36,8 +39,31 @@ def base_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def quick_home(tmp_path_factory) -> Path:
-    return _bootstrapped(tmp_path_factory.mktemp("quick"), 2, os.environ.get("LETHE_TEST_QUICK_HOME"))
+def quick_home(tmp_path_factory, request) -> Path:
+    home = tmp_path_factory.mktemp("quick") / "home"
+    reuse = os.environ.get("LETHE_TEST_QUICK_HOME")
+    if reuse:
+        shutil.copytree(reuse, home)
+    else:  # everything of the base but its DCGAN, which bootstrap then trains for 2 epochs
+        base_home = request.getfixturevalue("base_home")
+        base = Registry(base_home)
+        shutil.copytree(base_home, home, ignore=lambda folder, names: [
+            n for n in names if re.fullmatch(r"digits-v\d+|digits\.json|jobs\.sqlite.*", n)])
+        assert base.active("digits") and Registry(home).active("digits") is None
+    bootstrap(Registry(home), epochs=2, show_progress=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def fashion_home(tmp_path_factory) -> Path:
+    from fashion import build_fashion_home
+
+    home = tmp_path_factory.mktemp("fashion") / "home"
+    reuse = os.environ.get("LETHE_TEST_FASHION_HOME")
+    if reuse:
+        shutil.copytree(reuse, home)
+        return home
+    return build_fashion_home(home)
 
 
 def _copy(home: Path, tmp_path: Path, monkeypatch) -> Path:
@@ -57,6 +83,11 @@ def quick_copy(quick_home, tmp_path, monkeypatch) -> Path:
     return _copy(quick_home, tmp_path, monkeypatch)
 
 
+@pytest.fixture
+def fashion_copy(fashion_home, tmp_path, monkeypatch) -> Path:
+    return _copy(fashion_home, tmp_path, monkeypatch)
+
+
 def snapshot(home: Path) -> dict[str, bytes]:
     """Every file under a LETHE_HOME with its bytes: to prove a failed request changed nothing."""
     return {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file()
@@ -68,3 +99,29 @@ def flip_a_byte(path: Path, offset: int | None = None) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2 if offset is None else offset] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+# ------------------------------------------------------ PostgreSQL and S3 (one per session)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster (Debian's `postgresql` package; .ci/run installs it)."""
+    from backends import PG_BIN, PostgresCluster
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail(f"PostgreSQL server binaries not found in {PG_BIN}: apt-get install postgresql "
+                    "(or set LETHE_TEST_PG_BIN)")
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's standalone S3 server."""
+    from backends import S3Server
+
+    server = S3Server()
+    yield server
+    server.close()

@@ -4,9 +4,10 @@
 * on a kong-classifier edit, the gradient attack's success by the judge and by the guide
   it climbs are both reported, and they differ (the guide is fooled);
 * robust redaction (latent adversarial training) cuts the inversion worst case at least
-  threefold against the same method without it, keeping random invalidity and FID.
+  threefold against the same method without it, keeping random invalidity and FID;
+* ``/metrics`` carries the attacks' gauge.
 
-The two redactions share one module fixture (about a minute each on 2 cores)."""
+The two redactions share one module fixture."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from unlearning.evaluation import judge, load_domain
 from unlearning.jobs import prepare_redaction_set, run_redaction
 from unlearning.jobs.attacks import inversion_targets, verdict_for
+from unlearning.metrics import min_share_ratio
 from unlearning.metrics.inversion import inversion_attack
 from unlearning.registry import Registry
 from unlearning.spec import load_spec
@@ -54,60 +56,99 @@ def test_inversion_recovers_held_out_zeros_from_the_base(zeros):
 
 @pytest.fixture(scope="module")
 def redactions(base_home, tmp_path_factory):
-    """kong-classifier forgetting 0 without and with robust mode, on a copy of the base."""
+    """kong-classifier forgetting 0 without and with robust mode, on a copy of the base. The
+    plain job runs both attacks (the job's defaults); the robust one none (attack_starts 0),
+    its inversion is measured by the test. The plain job is also test_redaction's
+    kong-classifier case (its checks are here, so CI trains it once)."""
     import shutil
 
     root = tmp_path_factory.mktemp("attacks")
     shutil.copytree(base_home, root / "home")
     registry = Registry(root / "home")
     out = {}
-    for name, extra in (("plain", {}), ("robust", {"robust": True})):
+    for name, extra, gates in (("plain", {}, {}), ("robust", {"robust": True}, {"attack_starts": 0})):
         spec = {"name": f"forget-zero-{name}", "method": "kong-classifier", "sets": [ZERO_SCORE],
-                "hyperparameters": extra,
-                "gates": {"max_invalidity": 0.005, "eval_samples": EVAL_SAMPLES, "max_attack_invalidity": 0.5}}
+                "hyperparameters": extra, "gates": {"max_invalidity": 0.005, "eval_samples": EVAL_SAMPLES, **gates}}
         out[name] = run_redaction(spec, registry=registry, activate=False, report_dir=root / f"report-{name}")
     out["registry"] = registry
     return out
 
 
-def test_gradient_attack_is_judged_by_the_judge_and_the_guide_is_fooled(redactions, zeros):
-    outcome = redactions["plain"]
+@pytest.fixture(scope="module")
+def judged(redactions, zeros):
+    """The base (filtered) and both edits judged on latents the jobs never drew."""
+    registry, domain, sets = redactions["registry"], zeros["domain"], zeros["sets"]
+    out = {"base": judge(zeros["generator"], domain, n=EVAL_SAMPLES, seed=EVAL_SEED, omega=sets.omega,
+                         judged=sets.judged, reference=zeros["reference"], filtered=True)}
+    for name in ("plain", "robust"):
+        out[name] = judge(registry.load_generator(redactions[name].version), domain, n=EVAL_SAMPLES, seed=EVAL_SEED,
+                          omega=sets.omega, judged=sets.judged, reference=zeros["reference"])
+    return out
+
+
+def test_kong_classifier_forgets_zero_in_distribution_not_in_the_worst_case(redactions, judged, zeros):
+    """The plain edit (test_redaction's kong-classifier case): the judge sees <= 0.5 % zeros,
+    FID within 2x of the filtered base, every retained digit keeps half its share. Both
+    verdicts on the gradient attack's final images are reported, and they differ (the
+    guide it climbs is fooled); inversion still recovers the held-out zeros."""
+    outcome, base, after = redactions["plain"], judged["base"], judged["plain"]
+    assert outcome.status == "promoted", outcome.reason
+    assert base["judge_invalidity"] > 0.05 and after["judge_invalidity"] <= 0.005
+    assert after["fid"] <= 2.0 * base["filtered_fid"]
+    assert min_share_ratio(base["class_shares"], after["class_shares"], exclude={0}) >= 0.5
+    assert outcome.stats["iterations"] <= 0.10 * zeros["base"].metrics["pretraining"]["iterations"]
+
     attack = outcome.after["attack"]
-    print(json.dumps({k: v for k, v in attack.items() if k != "inversion"}))
+    print(json.dumps({k: v for k, v in attack.items() if k != "inversion"}), json.dumps(attack["inversion"]))
     assert attack["judged_by"] == zeros["domain"].judge_name and attack["independent"]
-    # both verdicts on the same final images are reported, and they differ: the guide climbed
-    # says "zero" of images the judge does not call zeros
-    assert attack["climbed_invalidity"] is not None and attack["attack_invalidity"] is not None
-    assert attack["climbed_invalidity"] > attack["attack_invalidity"] + 0.05
-    assert attack["fooled_share"] >= attack["climbed_invalidity"] - attack["attack_invalidity"] > 0.05
+    # the guide climbed says "zero" of final images the judge does not call zeros
+    assert attack["climbed_invalidity"] > attack["attack_invalidity"] + 0.1
+    assert attack["fooled_share"] >= attack["climbed_invalidity"] - attack["attack_invalidity"]
+    # the worst case is the worst of the attacks: here the inversion, which the gradient attack misses
+    inversion = attack["inversion"]
+    assert inversion["judged_by"] == zeros["domain"].judge_name and inversion["targets"] == 32
+    assert inversion["attack_invalidity"] >= 0.9 and attack["worst_case"] == inversion["attack_invalidity"]
+    assert attack["worst_case"] == max(attack["gradient_worst_case"], inversion["attack_invalidity"])
 
-    # the gate takes the worst of the attacks: here the inversion, which the gradient attack alone misses
-    gate = {g.name: g for g in outcome.gates}["attack_invalidity"]
-    inversion = attack["inversion"]["attack_invalidity"]
-    assert gate.value == attack["worst_case"] == max(attack["gradient_worst_case"], inversion)
-    assert inversion > 0.5 and not gate.passed and "inversion" in gate.detail
-
-    report = redactions["plain"].report_dir
-    page = open(f"{report}/index.html").read()
+    page = open(f"{outcome.report_dir}/index.html").read()
     assert "fooled share" in page and "inversion.png" in page and zeros["domain"].judge_name in page
 
 
-def test_robust_redaction_cuts_the_inversion_worst_case(redactions, zeros):
-    registry, domain, sets = redactions["registry"], zeros["domain"], zeros["sets"]
-    before = judge(zeros["generator"], domain, n=EVAL_SAMPLES, seed=EVAL_SEED, omega=sets.omega, judged=sets.judged,
-                   reference=zeros["reference"], filtered=True)
-    measured = {}
-    for name in ("plain", "robust"):
-        generator = registry.load_generator(redactions[name].version)
-        after = judge(generator, domain, n=EVAL_SAMPLES, seed=EVAL_SEED, omega=sets.omega, judged=sets.judged,
-                      reference=zeros["reference"])
-        inversion = inversion_attack(generator, zeros["targets"], zeros["verdict"])
-        measured[name] = {"judge_invalidity": after["judge_invalidity"], "fid": after["fid"],
-                          "inversion": inversion["attack_invalidity"], "stats": redactions[name].stats}
-    print(json.dumps({"filtered_base_fid": before["filtered_fid"], **measured}))
-    plain, robust = measured["plain"], measured["robust"]
-    assert robust["inversion"] * 3 <= plain["inversion"]
-    assert robust["judge_invalidity"] <= 0.005
-    assert robust["fid"] <= 2.0 * before["filtered_fid"]
-    cost = robust["stats"]["robust"]  # the cost is visible in the job's stats
+def test_robust_redaction_cuts_the_inversion_worst_case(redactions, judged, zeros):
+    """Robust mode: the inversion worst case at least 3x below the same method without it,
+    random invalidity <= 0.5 % and FID within 2x of the filtered base, all by the judge."""
+    plain = redactions["plain"].after["attack"]["inversion"]  # the job's own: same targets, same settings
+    robust_model = redactions["registry"].load_generator(redactions["robust"].version)
+    robust = inversion_attack(robust_model, zeros["targets"], zeros["verdict"])
+    after = judged["robust"]
+    cost = redactions["robust"].stats["robust"]  # what robustness cost, in the job's stats
+    print(json.dumps({"filtered_base_fid": judged["base"]["filtered_fid"], "fid": after["fid"],
+                      "judge_invalidity": after["judge_invalidity"], "plain": plain["attack_invalidity"],
+                      "robust": robust["attack_invalidity"], "cost": cost}))
+    assert plain["targets"] == robust["targets"] == 32 and robust["judged_by"] == zeros["domain"].judge_name
+    assert robust["attack_invalidity"] * 3 <= plain["attack_invalidity"]
+    assert after["judge_invalidity"] <= 0.005
+    assert after["fid"] <= 2.0 * judged["base"]["filtered_fid"]
     assert cost["inversion_steps"] > 0 and 0 < cost["inversion_s"] < cost["training_s"]
+    assert "attack" not in redactions["robust"].after  # attack_starts 0: no attacks in the job
+
+
+def test_attack_gauges_on_metrics(redactions, tmp_path):
+    """``lethe serve`` publishes a version's attacks, as judged, on /metrics."""
+    from serving import LetheServer
+
+    server = LetheServer(redactions["registry"].home, tmp_path / "bentoml", workers=1, job_worker=False).start()
+    try:
+        metrics = server.metrics()
+    finally:
+        server.stop()
+    outcome = redactions["plain"]
+    attack = outcome.after["attack"]
+    expected = {"gradient": attack["attack_invalidity"], "inversion": attack["inversion"]["attack_invalidity"],
+                "worst_case": attack["worst_case"]}
+    for kind, value in expected.items():
+        key = ("lethe_model_attack_invalidity_ratio",
+               (("attack", kind), ("model_version", outcome.version), ("spec", "forget-zero-plain")))
+        assert metrics[key] == pytest.approx(value), (key, sorted(k for k in metrics if "attack" in k[0]))
+    assert not any(k[0] == "lethe_model_attack_invalidity_ratio" and ("model_version", redactions["robust"].version)
+                   in k[1] for k in metrics)  # a version without attacks has none

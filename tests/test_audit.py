@@ -1,5 +1,6 @@
-"""The audit trail: every admin action and job outcome appended to ``jobs.sqlite`` (real
-SQLite), read back in order and filtered; an old database upgraded in place; and over real
+"""The audit trail: every admin action and job outcome appended to the job store (real
+SQLite and a real PostgreSQL), read back in order and filtered; an old SQLite database
+upgraded in place; and over real
 HTTP against a real `lethe serve`: submit, cancel, activate and the worker's outcome are
 recorded with the actor, spec hash and versions, and ``GET /admin/audit`` serves them."""
 
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from service.audit import record_activation
-from service.job_store import SCHEMA_VERSION, AuditEntry, JobStore, this_worker
 from unlearning.errors import LetheError
+from unlearning.store import AuditEntry, JobStore, SqliteJobStore, open_store, this_worker
+from unlearning.store.events import record_activation
+from unlearning.store.migrations import SQLITE_SCHEMA_VERSION as SCHEMA_VERSION
 
 SPEC = {"name": "forget-3", "sets": []}
 
@@ -30,9 +32,29 @@ def _submit(store: JobStore, name: str = "forget-3", model: str | None = "digits
                         actor="token:alice", model=model, **kwargs)
 
 
-@pytest.fixture
-def store(tmp_path) -> JobStore:
-    return JobStore(tmp_path / "jobs.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> JobStore:
+    if request.param == "sqlite":
+        return SqliteJobStore(tmp_path / "jobs.sqlite")
+    return open_store(url=request.getfixturevalue("postgres").new_database())
+
+
+def reopened(store: JobStore) -> JobStore:
+    """The same store opened afresh, as another process would."""
+    if store.backend == "sqlite":
+        return SqliteJobStore(store.path)
+    from unlearning.store.postgres import PostgresJobStore
+
+    return PostgresJobStore(store.db.url)
+
+
+def raw_sql(store: JobStore):
+    """A connection of another program's (not the store's), and the error type it raises."""
+    if store.backend == "sqlite":
+        return sqlite3.connect(store.path, isolation_level=None), sqlite3.DatabaseError
+    import psycopg
+
+    return psycopg.connect(store.db.url, autocommit=True), psycopg.Error
 
 
 # ------------------------------------------------------------------------- the store
@@ -83,7 +105,7 @@ def test_entries_are_appended_in_order_with_their_fields(store):
     assert by_seq[9].version == "digits-v3" and by_seq[9].detail == {"reason": "invalidity 0.2 > 0.01"}
     assert by_seq[11].detail == {"reason": "out of memory"}
     assert by_seq[12].job_id is None and by_seq[12].detail == {"previous": "digits-v2", "force": False}
-    assert JobStore(store.path).audit_log() == entries  # durable: another process reads the same
+    assert reopened(store).audit_log() == entries  # durable: another process reads the same
 
 
 def test_filters_and_limit(store):
@@ -108,13 +130,16 @@ def test_filters_and_limit(store):
 
 def test_the_log_is_append_only_and_a_job_never_lacks_its_entry(store):
     _submit(store)
-    with sqlite3.connect(store.path) as conn:
-        for statement in ("UPDATE audit SET actor = 'someone else'", "DELETE FROM audit"):
-            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    conn, error = raw_sql(store)
+    with conn:
+        statements = ["UPDATE audit SET actor = 'someone else'", "DELETE FROM audit"]
+        for statement in statements + (["TRUNCATE audit"] if store.backend == "postgresql" else []):
+            with pytest.raises(error, match="append-only"):
                 conn.execute(statement)
     assert len(store.audit_log()) == 1
 
-    with sqlite3.connect(store.path) as conn:  # the entry cannot be written: the submit fails whole
+    conn, _ = raw_sql(store)
+    with conn:  # the entry cannot be written: the submit fails whole
         conn.execute("DROP TABLE audit")
     with pytest.raises(LetheError):
         _submit(store, "lost")
@@ -164,7 +189,7 @@ def test_an_old_database_is_upgraded_in_place(tmp_path):
                          (job_id, state, now, now, "digits-v2" if state == "promoted" else None))
     assert SCHEMA_VERSION == 2
 
-    store = JobStore(path)
+    store = SqliteJobStore(path)
 
     old = store.get("a" * 32)
     assert (old.state, old.version, old.spec, old.actor) == ("promoted", "digits-v2", {"name": "old"}, "token:old")
@@ -178,8 +203,41 @@ def test_an_old_database_is_upgraded_in_place(tmp_path):
     entry = store.audit_log()[0]
     assert (entry.action, entry.job_id, entry.spec_hash, entry.model) == ("cancel", "b" * 32, "h-old", None)
     new = _submit(store, "new")
-    JobStore(path)  # opening again changes nothing
-    assert [e.job_id for e in JobStore(path).audit_log()] == [new.id, "b" * 32]
+    SqliteJobStore(path)  # opening again changes nothing
+    assert [e.job_id for e in SqliteJobStore(path).audit_log()] == [new.id, "b" * 32]
+
+
+def test_one_token_is_one_actor_on_every_instance_sharing_the_trail(postgres, tmp_path):
+    """With PostgreSQL, instances on several nodes have homes of their own: the key of the
+    token fingerprints lives with the trail, so one token is one actor on all of them."""
+    from service.admin_auth import actor_key, fingerprint
+
+    url = postgres.new_database()
+    keys = [actor_key(tmp_path / name, open_store(url=url)) for name in ("a", "b")]  # asks nothing yet
+    assert keys[0]() == keys[1]() and len(keys[0]()) == 32
+    assert fingerprint(b"token", keys[0]()) == fingerprint(b"token", keys[1]())
+    assert not list(tmp_path.rglob("audit.key"))
+    home = tmp_path / "c"  # SQLite: the home's own file, as every worker and replica on it reads
+    home.mkdir()
+    key = actor_key(home, SqliteJobStore(home / "jobs.sqlite"))
+    assert (home / "audit.key").read_bytes() == key() != keys[0]()
+
+
+def test_a_postgres_database_of_schema_1_is_upgraded_in_place(postgres):
+    import psycopg
+
+    from unlearning.store.migrations import POSTGRES_MIGRATIONS
+
+    url = postgres.new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in POSTGRES_MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+    store = open_store(url=url)
+    assert len(store.shared_secret("x")) == 32 and store.shared_secret("x") == reopened(store).shared_secret("x")
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
 
 
 def test_a_failed_audit_write_never_fails_an_activation(tmp_path, caplog):
@@ -189,7 +247,7 @@ def test_a_failed_audit_write_never_fails_an_activation(tmp_path, caplog):
             "type": "classifier_label", "classifier": "digits", "labels": [0]}}]}
 
     path = tmp_path / "jobs.sqlite"
-    store = JobStore(path)
+    store = SqliteJobStore(path)
     record_activation(store, Manifest, "token:x", previous="digits-v1", force=True)
     entry = store.audit_log()[0]
     assert (entry.action, entry.version, entry.parent, entry.spec_name) == ("activate", "digits-v2", "digits-v1",
@@ -199,13 +257,13 @@ def test_a_failed_audit_write_never_fails_an_activation(tmp_path, caplog):
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     path.write_bytes(b"\x00garbage" * 2000)
-    with caplog.at_level(logging.WARNING, logger="service.audit"):
+    with caplog.at_level(logging.WARNING, logger="unlearning.store.events"):
         record_activation(store, Manifest, "token:x", previous="digits-v1", force=False)  # no raise
     assert "digits-v2 was activated by token:x, but the audit entry could not be written" in caplog.text
 
 
 def test_cli_audit_prints_the_entries(tmp_path):
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SqliteJobStore(tmp_path / "jobs.sqlite")
     job = _submit(store, "cli", detail={"method": "feedback"})
     store.cancel(job.id, actor="token:bob")
     env = {**os.environ, "LETHE_HOME": str(tmp_path)}
@@ -228,7 +286,7 @@ def test_cli_activate_is_recorded(quick_copy):
                           env={**os.environ, "LETHE_HOME": str(quick_copy)}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "active digits: digits-v1", done.stderr
-    entry, = JobStore(quick_copy / "jobs.sqlite").audit_log()
+    entry, = SqliteJobStore(quick_copy / "jobs.sqlite").audit_log()
     assert entry.actor.startswith("cli:") and (entry.action, entry.model, entry.version) == (
         "activate", "digits", "digits-v1")
     assert entry.detail == {"previous": "digits-v1", "force": False, "status": "promoted"}

@@ -2,7 +2,8 @@
 unlearning the forget class (digit 0) with the encoder-only loss, restorations of zeros
 move far from what the original model made (FID against the real zeros up >= 3x) while
 restorations of the other digits stay close (FID up <= 20 %), with a real retain set and
-with the proxy retain set when no retain data is given."""
+with the proxy retain set when no retain data is given. FID is measured in the judge's
+features; the method selects its stopping point in the guide's."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from unlearning.data.proxy import pen_strokes, proxy_images, typed_digits
 from unlearning.evaluation import judge_inpainter, load_domain
+from unlearning.jobs.image_to_image import FORGET_SELECTION_MARGIN
 from unlearning.methods.i2i import I2IHyperparameters, proxy_retain, unlearn_encoder
 from unlearning.models.inpainter import BACKGROUND, Inpainter, InpainterConfig, degrade, erased_pixels
 from unlearning.registry import Registry
@@ -65,14 +67,19 @@ def test_proxy_excludes_forget_look_alikes(inpainting):
     assert nearest(kept).min() > nearest(everything).min()
 
 
+# Spread: with the proxy retain set, five inpainters (pre-training seeds 0-4) ended at retain
+# 1.03-1.16x and forget 11-25x by the judge (bench/seeds.py, README); real retain data keep
+# retain near 1.0x. The bounds (1.2x, 3x) are the gates' defaults.
 @pytest.mark.parametrize("retain", ["data", "proxy"])
 def test_forget_outputs_move_far_and_retain_outputs_stay(inpainting, retain):
     model, domain = inpainting["model"], inpainting["domain"]
     retain_images = inpainting["retain"] if retain == "data" else None
-    edited, history, stats = unlearn_encoder(model, inpainting["forget"], retain_images, I2IHyperparameters(retain=retain))
+    hp = I2IHyperparameters(retain=retain, target_forget_fid_ratio=FORGET_SELECTION_MARGIN * 3.0)
+    edited, history, stats = unlearn_encoder(model, inpainting["forget"], retain_images, hp,
+                                             features=domain.guide_features())
     assert stats["retain"] == retain
     assert all(torch.equal(a, b) for a, b in zip(model.decoder.state_dict().values(), edited.decoder.state_dict().values()))
-    assert history[-1]["forget_loss"] < history[0]["forget_loss"]
+    assert stats["target_reached"] and history[-1]["forget_fid_ratio"] >= hp.target_forget_fid_ratio
 
     before = judge_inpainter(model, domain, inpainting["inputs"])
     after = judge_inpainter(edited, domain, inpainting["inputs"])

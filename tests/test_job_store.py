@@ -1,5 +1,6 @@
-"""The job store on real SQLite files: persistence, FIFO claims, one job at a time across
-processes, cancel/finish rules, progress, crash recovery and unreadable databases."""
+"""The job store on both back ends, real SQLite files and a real PostgreSQL server:
+persistence, FIFO claims, one job at a time across processes, cancel/finish rules,
+progress, crash recovery, unreadable databases and a database server that goes away."""
 
 from __future__ import annotations
 
@@ -14,17 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from service.job_store import (
+from unlearning.errors import LetheError, NotFoundError
+from unlearning.store import (
     FINAL_STATES,
     JobFinishedError,
     JobRecord,
     JobStore,
     JobStoreError,
     QueueFullError,
+    SqliteJobStore,
     StoredVersion,
+    StoreUnavailableError,
+    open_store,
     this_worker,
 )
-from unlearning.errors import LetheError, NotFoundError
 
 SPEC = {"forget": {"classes": [3]}, "method": "adversarial"}
 ACTIVE = ["running", "validating"]
@@ -34,9 +38,26 @@ def _submit(store: JobStore, name: str = "forget-3", **kwargs) -> JobRecord:
     return store.submit(dict(SPEC, name=name), spec_hash=f"hash-{name}", spec_name=name, **kwargs)
 
 
-@pytest.fixture
-def store(tmp_path) -> JobStore:
-    return JobStore(tmp_path / "jobs.sqlite")
+def open_at(where: str) -> JobStore:
+    """The store at a SQLite path or a PostgreSQL URL (what a child process is handed)."""
+    return open_store(url=where) if where.startswith("postgresql://") else SqliteJobStore(Path(where))
+
+
+def where(store: JobStore) -> str:
+    return store.db.url if store.backend == "postgresql" else str(store.path)
+
+
+def execute(store: JobStore, sql: str, params: tuple = ()) -> None:
+    """Raw SQL behind the store's back (``?`` placeholders), as another program would."""
+    with store._connect() as conn:
+        conn.execute(sql, params)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> JobStore:
+    if request.param == "sqlite":
+        return SqliteJobStore(tmp_path / "jobs.sqlite")
+    return open_store(url=request.getfixturevalue("postgres").new_database())
 
 
 # ------------------------------------------------------------- child processes (spawned)
@@ -44,7 +65,7 @@ def store(tmp_path) -> JobStore:
 
 def _race(path: str, out: str, index: int, barrier) -> None:
     """Claim in a loop, hold each job a little, finish it; record what happened."""
-    store = JobStore(Path(path))
+    store = open_at(path)
     worker = this_worker()
     events = []
     barrier.wait()
@@ -66,16 +87,14 @@ def _race(path: str, out: str, index: int, barrier) -> None:
 
 
 def _claim_and_die(path: str) -> None:
-    JobStore(Path(path)).claim_next(this_worker())
+    open_at(path).claim_next(this_worker())
     os._exit(0)  # no finish, no cleanup: a crash as far as the store can tell
 
 
 # ----------------------------------------------------------------------------------- tests
 
 
-def test_submit_get_list_round_trip_and_persistence(tmp_path):
-    path = tmp_path / "home" / "jobs.sqlite"
-    store = JobStore(path)
+def test_submit_get_list_round_trip_and_persistence(store, tmp_path):
     first = _submit(store, "a", parent="digits-v1", actor="alice", uploads_dir=str(tmp_path / "up"))
     second = _submit(store, "b")
 
@@ -86,14 +105,16 @@ def test_submit_get_list_round_trip_and_persistence(tmp_path):
     assert store.get(first.id).spec == dict(SPEC, name="a")
     assert (first.parent, first.actor, first.spec_hash) == ("digits-v1", "alice", "hash-a")
 
-    reopened = JobStore(path)  # a new process would see the same
+    reopened = open_at(where(store))  # a new process would see the same
     assert reopened.get(second.id) == second
     assert [j.id for j in reopened.list()] == [second.id, first.id]  # newest first
     assert [j.id for j in reopened.list(limit=1)] == [second.id]
     assert reopened.list(states=["running"]) == []
-    with sqlite3.connect(path) as conn:  # schema created once, WAL journal
-        assert conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with store._connect() as conn:  # schema created once
+        assert conn.execute("SELECT count(*) AS n FROM schema_version").fetchone()["n"] == 1
+    if store.backend == "sqlite":
+        with sqlite3.connect(store.path) as conn:  # WAL journal
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with pytest.raises(LetheError, match="unknown job state"):
         reopened.list(states=["done"])
     with pytest.raises(LetheError, match="not plain JSON"):
@@ -102,7 +123,8 @@ def test_submit_get_list_round_trip_and_persistence(tmp_path):
 
 def test_default_path_is_under_lethe_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LETHE_HOME", str(tmp_path / "lethe"))
-    assert JobStore().path == tmp_path / "lethe" / "jobs.sqlite"
+    monkeypatch.delenv("LETHE_DATABASE_URL", raising=False)
+    assert SqliteJobStore().path == open_store().path == tmp_path / "lethe" / "jobs.sqlite"
 
 
 def test_unknown_id_is_not_found(store):
@@ -149,7 +171,7 @@ def test_processes_racing_never_run_two_jobs_at_once(store, tmp_path):
     out.mkdir()
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(4)
-    procs = [ctx.Process(target=_race, args=(str(store.path), str(out), i, barrier)) for i in range(4)]
+    procs = [ctx.Process(target=_race, args=(where(store), str(out), i, barrier)) for i in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -250,7 +272,7 @@ def test_progress_is_visible(store):
 
 def test_recover_fails_jobs_of_dead_workers_only(store):
     crashed = _submit(store, "crashed")
-    child = mp.get_context("spawn").Process(target=_claim_and_die, args=(str(store.path),))
+    child = mp.get_context("spawn").Process(target=_claim_and_die, args=(where(store),))
     child.start()
     child.join(15)
     assert child.exitcode == 0
@@ -275,6 +297,12 @@ def test_recover_fails_jobs_of_dead_workers_only(store):
     assert store.recover(stale_after_s=60) == []  # fresh heartbeat
     assert store.recover(stale_after_s=0) == [remote.id]
     assert "stopped sending heartbeats" in store.get(remote.id).reason
+
+    # a worker watching another instance's jobs goes by heartbeats alone, even for this host
+    here = _submit(store, "here-but-silent")
+    store.claim_next(this_worker())
+    assert store.recover(stale_after_s=60, by_heartbeat_only=True) == []
+    assert store.recover(stale_after_s=0, by_heartbeat_only=True) == [here.id]
 
 
 def test_recover_names_the_version_a_dead_job_stored(store):
@@ -338,8 +366,8 @@ def test_end_interrupted_tells_what_the_killed_job_left(store):
 def test_recover_sees_through_a_reused_pid(store):
     job = _submit(store)
     store.claim_next(this_worker())
-    with sqlite3.connect(store.path) as conn:  # claimed long before this process existed
-        conn.execute("UPDATE jobs SET started_at = '2001-01-01T00:00:00+00:00' WHERE id = ?", (job.id,))
+    # claimed long before this process existed
+    execute(store, "UPDATE jobs SET started_at = '2001-01-01T00:00:00+00:00' WHERE id = ?", (job.id,))
     assert store.recover() == [job.id]
 
 
@@ -347,17 +375,17 @@ def test_unreadable_database_is_a_clear_error(tmp_path):
     bad = tmp_path / "jobs.sqlite"
     bad.write_bytes(b"definitely not SQLite\n" * 100)
     with pytest.raises(JobStoreError, match="not a readable SQLite database") as err:
-        JobStore(bad)
+        SqliteJobStore(bad)
     assert str(bad) in str(err.value) and isinstance(err.value, LetheError)
     assert err.value.__cause__ is None
 
     folder = tmp_path / "folder.sqlite"
     folder.mkdir()
     with pytest.raises(JobStoreError):
-        JobStore(folder)
+        SqliteJobStore(folder)
 
     path = tmp_path / "later.sqlite"
-    store = JobStore(path)
+    store = SqliteJobStore(path)
     job = _submit(store)
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -366,10 +394,29 @@ def test_unreadable_database_is_a_clear_error(tmp_path):
         store.get(job.id)
 
 
-def test_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "jobs.sqlite"
-    JobStore(path)
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE schema_version SET version = 99")
+def test_newer_schema_is_refused(store):
+    execute(store, "UPDATE schema_version SET version = 99")
     with pytest.raises(JobStoreError, match="schema version 99"):
-        JobStore(path)
+        if store.backend == "sqlite":
+            SqliteJobStore(store.path)
+        else:
+            from unlearning.store.postgres import PostgresDatabase
+
+            PostgresDatabase(store.db.url).ensure_schema()
+
+
+def test_a_database_server_that_goes_away_is_a_clear_error_and_is_reconnected(postgres):
+    """PostgreSQL restarted under a store: calls while it is down raise StoreUnavailableError
+    naming the database (never a traceback of psycopg's), and the next call after it is
+    back works without reopening the store."""
+    store = open_store(url=postgres.new_database())
+    job = _submit(store)
+    postgres.stop()
+    try:
+        with pytest.raises(StoreUnavailableError, match="cannot be reached") as err:
+            store.get(job.id)
+        assert "127.0.0.1" in str(err.value) and isinstance(err.value, LetheError)
+    finally:
+        postgres.start()
+    assert store.get(job.id).state == "queued"
+    assert store.claim_next("w:1").id == job.id

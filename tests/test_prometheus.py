@@ -118,15 +118,23 @@ def test_deploy_manifests_hold_what_the_alerts_and_probes_rely_on():
     assert containers["job-worker"]["command"] == ["lethe", "worker"]
     assert containers["job-worker"]["resources"]["limits"]["nvidia.com/gpu"] == 1
     for pod in (serving, worker):
-        annotations = pod["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/scrape"] == "true"
-        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["template"]["spec"]["volumes"]
-                  if "persistentVolumeClaim" in v]
-        assert claims == ["lethe-home"]
-    assert by_kind[("PersistentVolumeClaim", "lethe-home")]["spec"]["accessModes"] == ["ReadWriteMany"]
+        spec = pod["template"]["spec"]
+        assert pod["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        # nothing shared on disk, nothing pinned: state is in PostgreSQL and the bucket
+        assert "affinity" not in spec and not [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+        for container in [c for c in spec["containers"] if c["name"] != "metrics"] + spec.get("initContainers", []):
+            sources = {next(iter(s.values()))["name"] for s in container["envFrom"]}
+            assert sources == {"lethe-config", "lethe-storage"}, container["name"]
+    assert serving["template"]["spec"]["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    config = by_kind[("ConfigMap", "lethe-config")]["data"]
+    assert config["LETHE_REGISTRY_URL"].startswith("s3://")
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-    assert set(compose["services"]) == {"lethe", "prometheus", "grafana"}
-    assert "lethe-home:/var/lib/lethe" in compose["services"]["lethe"]["volumes"]
+    assert set(compose["services"]) == {"lethe", "lethe-2", "postgres", "s3", "s3-bucket", "prometheus", "grafana"}
+    for name in ("lethe", "lethe-2"):
+        service = compose["services"][name]
+        assert service["environment"]["LETHE_DATABASE_URL"].startswith("postgresql://")
+        assert service["environment"]["LETHE_REGISTRY_URL"].startswith("s3://")
+    assert compose["services"]["lethe"]["volumes"] != compose["services"]["lethe-2"]["volumes"]
 
 
 class Prometheus:

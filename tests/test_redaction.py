@@ -1,8 +1,10 @@
-"""Kong & Chaudhuri Alg. 1-3 forget digit 0 on the embedded default, judged independently:
-invalidity (share of samples the digit classifier calls 0) falls from ~10 % to <= 0.5 %
-within 10 % of the pre-training steps, FID against the retained digits stays within 2x of
-the base model filtered by the same check (rejection sampling, same extractor, >= 5,000
-samples), and no retained digit loses more than half its share."""
+"""Kong & Chaudhuri Alg. 1-3 forget digit 0 on the embedded default, judged independently,
+by the digits domain's judge (a classifier trained on the other half of the training
+digits, with another architecture, which no method sees): invalidity (share of samples the
+judge calls 0) falls from ~10 % to <= 0.5 % within 10 % of the pre-training steps, FID
+(judge features) against the retained digits stays within 2x of the base model filtered
+by the same check (rejection sampling, >= 5,000 samples), and no retained digit (by the
+judge) loses more than half its share."""
 
 from __future__ import annotations
 
@@ -36,14 +38,17 @@ def base_judgement(base_home):
     registry = Registry(base_home)
     base = registry.get(registry.active("digits"))
     domain = load_domain(registry, base, device=__import__("torch").device("cpu"))
-    zeros = prepare_redaction_set(load_spec({"name": "judge", "sets": [ZERO]}), registry, domain, None)
+    # the judge's mirror of "the guide calls it 0": "the judge calls it 0"
+    zeros = prepare_redaction_set(load_spec({"name": "judge", "sets": [ZERO]}), registry, domain, None).judged
     reference = domain.reference(domain.train.images[domain.train.labels != 0])
     before = judge(registry.load_generator(base.version), domain, n=EVAL_SAMPLES, seed=EVAL_SEED,
                    omega=zeros, reference=reference, filtered=True)
     return {"domain": domain, "zeros": zeros, "reference": reference, "before": before, "base": base}
 
 
-@pytest.mark.parametrize("method", list(SPECS))
+# kong-classifier with these settings is checked in test_attacks.py, whose worst-case tests
+# need the same job (CI trains it once)
+@pytest.mark.parametrize("method", [m for m in SPECS if m != "kong-classifier"])
 def test_forgets_digit_zero_and_keeps_quality(method, base_copy, base_judgement, tmp_path):
     uploads = tmp_path / "uploads"
     uploads.mkdir()
@@ -161,13 +166,33 @@ def test_adapt_then_unlearn_forgets_zero_without_training_data(base_copy, base_j
     assert attack_after["attack_invalidity"] > attack_after["random_invalidity"] + 0.05, attack_after
 
 
+def test_adapt_then_unlearn_with_its_defaults_forgets_digit_one(base_copy, base_judgement):
+    """The spec names only its set and the method: every hyperparameter and gate is the
+    default. Promoted, and the judge (which the method never saw) sees >= 95 % fewer ones
+    on 10,000 latents the job never drew (the paper: 95-99 % PUL on MNIST)."""
+    one = {"kind": "validity", "rule": {"type": "classifier_label", "classifier": "digits", "labels": [1]}}
+    spec = load_spec({"name": "atu-one", "method": "adapt-then-unlearn", "sets": [one]})
+    registry = Registry(base_copy)
+    outcome = run_redaction(spec, registry=registry, activate=False)
+    assert outcome.status == "promoted", outcome.reason
+    domain = base_judgement["domain"]
+    ones = prepare_redaction_set(spec, registry, domain, None).judged
+    before = judge(registry.load_generator(base_judgement["base"].version), domain, n=10_000, seed=EVAL_SEED,
+                   omega=ones)
+    after = judge(registry.load_generator(outcome.version), domain, n=10_000, seed=EVAL_SEED, omega=ones)
+    pul = 100 * (before["invalidity"] - after["invalidity"]) / before["invalidity"]
+    print(json.dumps({"judge_ones": [before["invalidity"], after["invalidity"]], "pul": pul,
+                      "gates": {g.name: g.value for g in outcome.gates}}))
+    assert before["invalidity"] >= 0.05 and pul >= 95, (before["invalidity"], after["invalidity"])
+
+
 def test_parameter_extrapolation_baseline_and_attack_gate(base_copy, tmp_path):
     """The baseline moves G away from the adapted model and forgets part of the class (the
     paper: weaker than Adapt-then-Unlearn). With max_attack_invalidity the worst case is a
     gate: the half-forgotten model is still easy to push back to zeros, so it is rejected."""
     spec = {"name": "extrapolate-zero", "method": "param-extrapolation", "sets": [ZERO],
             "hyperparameters": {"extrapolation_step": 2.0},
-            "gates": {"max_invalidity": 0.5, "max_fid_increase": 1000, "min_class_share_ratio": 0.0,
+            "gates": {"max_invalidity": 0.5, "max_fid_ratio": None, "min_class_share_ratio": 0.0,
                       "max_attack_invalidity": 0.05, "eval_samples": 2000}}
     registry = Registry(base_copy)
     outcome = run_redaction(spec, registry=registry, activate=False, report_dir=tmp_path / "report")
@@ -176,6 +201,12 @@ def test_parameter_extrapolation_baseline_and_attack_gate(base_copy, tmp_path):
     assert not gates["attack_invalidity"].passed and gates["attack_invalidity"].value > 0.05
     assert outcome.status == "rejected" and "attack_invalidity" in outcome.reason
     assert [g.name for g in outcome.gates if not g.passed] == ["attack_invalidity"]
+    # the gate reads the worst of the attacks, each judged by the domain's judge
+    attack = outcome.after["attack"]
+    assert attack["judged_by"] == "judge:digits" == attack["inversion"]["judged_by"]
+    assert gates["attack_invalidity"].value == attack["worst_case"] == max(
+        attack["gradient_worst_case"], attack["inversion"]["attack_invalidity"])
+    assert "inversion of 32 real examples" in gates["attack_invalidity"].detail
     page = (tmp_path / "report" / "index.html").read_text()
-    assert "Worst case (latent attack)" in page
+    assert "Worst case (attacks)" in page
     assert (tmp_path / "report" / "attack_after.png").stat().st_size > 0

@@ -112,7 +112,7 @@ def test_round_trips_through_json_and_yaml(tmp_path):
 
 def test_defaults_and_python_construction():
     spec = ForgetSpec(name="b", sets=[ValiditySet(rule=BoundaryRule(margin=1, max_sum=4.25))])
-    assert spec.method == "auto" and spec.gates.max_fid_increase == 5.0
+    assert spec.method == "auto" and spec.gates.max_fid_ratio == 2.0 and spec.gates.max_fid_increase is None
     assert load_spec(spec.model_dump()) == spec
     minimal = load_spec("name: x\nsets: [{kind: classifier, classifier: d, score: {type: one_minus_entropy}}]")
     assert minimal.sets[0].tau == 0.5 and minimal.sets[0].score == OneMinusEntropy()

@@ -1,16 +1,18 @@
 """``lethe``: bootstrap the embedded default, run forget jobs offline (the same job code the
-service runs), evaluate, list and activate versions, and show the audit trail."""
+service runs), evaluate, list and activate versions, and show the audit trail. (``serve`` and
+``worker`` are added by ``service.cli``, the ``lethe`` program.)"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from unlearning.errors import LetheError
-from unlearning.runtime import lethe_home
+from unlearning.runtime import DEFAULT_DOMAIN, DEFAULT_MODEL, lethe_home
 
 
 def _print_json(payload: Any) -> None:
@@ -98,11 +100,11 @@ def cmd_domain_add(args: argparse.Namespace) -> int:
 def _audit(write) -> None:
     """Append the CLI's audit entry with ``write(store, actor)``; the change it records has
     happened, so a trail that cannot be written is only a warning."""
-    from service.audit import cli_actor
-    from service.job_store import JobStore
+    from unlearning.store import open_store
+    from unlearning.store.events import cli_actor
 
     try:
-        written = write(JobStore(lethe_home() / "jobs.sqlite"), cli_actor())
+        written = write(open_store(), cli_actor())
     except Exception as exc:
         written, why = False, f": {exc}"
     else:
@@ -112,7 +114,7 @@ def _audit(write) -> None:
 
 
 def cmd_redact(args: argparse.Namespace) -> int:
-    from service.audit import record_version_event
+    from unlearning.store.events import record_version_event
     from unlearning.jobs import run_redaction
     from unlearning.progress import progress_bar
     from unlearning.registry import Registry
@@ -190,12 +192,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result["version"] = args.version
     if omega is not None and omega.has_judge and args.attack_starts:
         from unlearning.jobs.attacks import run_attacks
-        from unlearning.metrics import AttackSettings
+        from unlearning.metrics import AttackSettings, InversionSettings
 
         marked_by = registry.load_generator(manifest.parent).to(device) if omega.feedback and manifest.parent \
             else generator  # marks were made on the samples of the version's parent
         attacks, _ = run_attacks({"version": generator}, spec, omega, judged, domain, marked_by=marked_by,
-                                 gradient=AttackSettings(starts=args.attack_starts))
+                                 gradient=AttackSettings(starts=args.attack_starts),
+                                 inversion=InversionSettings(targets=max(args.inversion_targets, 1)),
+                                 invert=args.inversion_targets > 0)
         result["attack"] = attacks["version"]
     if args.json:
         _print_json(result)
@@ -282,7 +286,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_activate(args: argparse.Namespace) -> int:
-    from service.audit import record_activation
+    from unlearning.store.events import record_activation
     from unlearning.registry import Registry
 
     registry = Registry()
@@ -297,9 +301,9 @@ def cmd_activate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from service.job_store import JobStore
+    from unlearning.store import open_store
 
-    entries = JobStore(lethe_home() / "jobs.sqlite").audit_log(limit=args.limit)
+    entries = open_store().audit_log(limit=args.limit)
     if args.json:
         _print_json([e.model_dump(mode="json") for e in entries])
         return 0
@@ -314,24 +318,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from service.launcher import serve
-
-    return serve(port=args.port, host=args.host, workers=args.workers, job_worker=not args.no_job_worker)
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from service.worker import main as worker_main
-
-    return worker_main([])
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(service_commands: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
+    """The library's commands; ``service_commands(subparsers)`` adds the ones that run the
+    service (``serve``, ``worker``: ``service.cli``, the ``lethe`` program), so that the
+    library never imports the service."""
     parser = argparse.ArgumentParser(prog="lethe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("bootstrap", help="build a domain and its base models (idempotent; default: digits)")
-    p.add_argument("--domain", default="digits",
+    p.add_argument("--domain", default=DEFAULT_DOMAIN,
                    help="a built-in domain (digits, fashion-mnist) or one registered with `lethe domain add`")
     p.add_argument("--model", action="append", default=None,
                    help="build only this model of the domain (repeatable; default: all of them)")
@@ -363,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("redact", help="run a forget job offline (same code as the API)")
     p.add_argument("spec", help="forget specification, JSON or YAML")
     p.add_argument("--from", dest="from_version", default=None, help="parent version (default: the model's active)")
-    p.add_argument("--model", default=None, help="hosted model, e.g. digits-vae or digits-inpainter (default: digits)")
+    p.add_argument("--model", default=None, help=f"hosted model, e.g. fashion or digits-inpainter (default: the only served one, else {DEFAULT_MODEL})")
     p.add_argument("--uploads", default=None, help="folder holding the spec's files (default: the spec's folder)")
     p.add_argument("--report", default=None, help="report root (default: $LETHE_HOME/reports)")
     p.add_argument("--no-activate", action="store_true", help="register but do not activate")
@@ -381,21 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attack-starts", type=int, default=256,
                    help="random latents for the gradient attack (0: skip both attacks)")
+    p.add_argument("--inversion-targets", type=int, default=32,
+                   help="real examples of what was forgotten the inversion attack reproduces (0: skip it)")
     p.add_argument("--inception-weights", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("serve", help="serve sampling and the admin API (bootstraps first if needed)")
-    p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: this machine only; 0.0.0.0 for every interface)")
-    p.add_argument("--workers", type=int, default=1, help="serving worker processes")
-    p.add_argument("--no-job-worker", action="store_true",
-                   help="do not run redaction jobs here (another instance or `lethe worker` does)")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("worker", help="run queued redaction jobs, one at a time")
-    p.set_defaults(func=cmd_worker)
+    if service_commands is not None:
+        service_commands(sub)
 
     p = sub.add_parser("models", help="list versions (* = active)")
     p.add_argument("--json", action="store_true")
@@ -413,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or build_parser()).parse_args(argv)
     try:
         return args.func(args)
     except LetheError as exc:

@@ -1,4 +1,4 @@
-"""Facts about local processes (no torch import: the service's job store uses this too)."""
+"""Facts about local processes (no torch import: the job store uses this too)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The model registry on disk, under LETHE_HOME.
+"""The model registry: versions of named generators, the active pointer per generator,
+classifiers and domains.
 
-Layout::
+Layout of LETHE_HOME::
 
     registry.lock                      exclusive fcntl lock: id allocation, renames, updates
     versions/<model>-v<N>/             one folder per version, immutable files + manifest.json
@@ -12,25 +13,25 @@ Layout::
                                        statistics (and the data itself when copied in), and
                                        manifest.json (``unlearning.domains``)
 
-Every file a version or classifier holds is listed in its manifest with its sha256, and is
-checked against it before anything is loaded or activated. Folders appear by one atomic
-``rename`` of a finished temporary folder, and pointers/manifests are replaced with
-``os.replace``, so a crash never leaves a half-written version or pointer visible.
-Weights are safetensors, models are rebuilt from JSON configs, uploaded classifiers are
-ONNX (protobuf): nothing is ever unpickled.
+Versions, classifiers and domains are immutable named folders with a sha256 manifest
+(``unlearning.store.folders``): written complete or not at all, every file checked against
+its checksum before anything is loaded or activated (a domain's data read in place, such as
+Debian's Fashion-MNIST, is checked against the checksums its manifest records). With
+``LETHE_REGISTRY_URL`` they live in S3-compatible object storage and ``versions/``,
+``classifiers/`` and ``domains/`` are a verified local cache; with ``LETHE_DATABASE_URL``
+the active pointers and version numbers live in PostgreSQL, shared by every instance
+(``unlearning.store.pointers``). Weights are safetensors, models are rebuilt from JSON
+configs, uploaded classifiers are ONNX (protobuf): nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
-import os
-import re
 import shutil
-import uuid
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,10 +39,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from unlearning.processes import pid_alive
 from unlearning.errors import IntegrityError, LetheError, NotFoundError
 from unlearning.names import NAME as _NAME, VERSION as _VERSION, check_name as _check_name, is_version, shown
 from unlearning.runtime import lethe_home
+from unlearning.store import database_url, registry_url
+from unlearning.store.files import MANIFEST, hash_and_sync, sha256_file
+from unlearning.store.folders import Folders, check_cached
+from unlearning.store.objects import ObjectStore
+from unlearning.store.pointers import DatabasePointers, FilePointers
 
 if TYPE_CHECKING:  # torch only where models are loaded or saved: bookkeeping needs none
     from torch import nn
@@ -50,11 +55,6 @@ log = logging.getLogger(__name__)
 
 Status = Literal["candidate", "promoted", "rejected"]
 ClassifierFormat = Literal["torch", "onnx"]
-
-MANIFEST = "manifest.json"
-_TMP_PREFIX = ".tmp-"
-_TRASH_PREFIX = ".trash-"
-_CHUNK = 1 << 20
 
 
 def _now() -> str:
@@ -128,111 +128,59 @@ class DomainManifest(BaseModel):
 # ---------------------------------------------------------------------------------- helpers
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (so a rename inside it is durable)."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_path(path.parent)
-
-
-
-def _is_stale_tmp(name: str) -> bool:
-    """``.tmp-<pid>-...`` whose writer is gone (this host). Unparseable names are stale."""
-    match = re.match(rf"^{re.escape(_TMP_PREFIX)}(\d+)-", name)
-    return match is None or not pid_alive(int(match.group(1)))
-
-
-def _remove_stale(parent: Path) -> None:
-    """Remove temporary leftovers of crashed writers. Call with the registry lock held."""
-    if not parent.is_dir():
-        return
-    for entry in parent.iterdir():
-        if entry.name.startswith(_TMP_PREFIX) and _is_stale_tmp(entry.name):
-            log.warning("removing %s left by an interrupted write", entry)
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-
-
-def _hash_and_sync(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (relative POSIX names), each fsynced."""
-    files: dict[str, str] = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_symlink():
-            raise LetheError(f"{rel}: symbolic links cannot be stored in the registry")
-        if path.is_dir():
-            _fsync_path(path)
-            continue
-        if rel == MANIFEST:
-            raise LetheError(f"'{MANIFEST}' is written by the registry; do not write it yourself")
-        _fsync_path(path)
-        files[rel] = sha256_file(path)
-    return files
-
-
-def _verify_files(folder: Path, files: dict[str, str], label: str) -> None:
-    """Recompute every checksum; IntegrityError names the first file that does not match."""
-    root = folder.resolve()
-    for rel, expected in sorted(files.items()):
-        path = (folder / rel).resolve()
-        if root not in path.parents:
-            raise IntegrityError(f"{label}/{rel}: manifest names a file outside its folder")
-        if not path.is_file():
-            raise IntegrityError(f"{label}/{rel}: missing (listed in the manifest, not on disk)")
-        if sha256_file(path) != expected:
-            raise IntegrityError(
-                f"{label}/{rel}: checksum mismatch (file changed or corrupted on disk)"
-            )
-
-
 def _known(names: list[str], limit: int = 8) -> str:
     if not names:
         return "none yet"
-    shown = ", ".join(names[-limit:])
-    return shown if len(names) <= limit else f"... {shown} ({len(names)} in all)"
+    listed = ", ".join(names[-limit:])
+    return listed if len(names) <= limit else f"... {listed} ({len(names)} in all)"
+
+
+_REMOTES: dict[str, ObjectStore] = {}
+_REMOTES_LOCK = threading.Lock()
+
+
+def _remote(url: str | None) -> ObjectStore | None:
+    """The process's one ObjectStore per URL (its client and manifest cache are shared)."""
+    if not url:
+        return None
+    with _REMOTES_LOCK:
+        if url not in _REMOTES:
+            _REMOTES[url] = ObjectStore(url)
+        return _REMOTES[url]
 
 
 # --------------------------------------------------------------------------------- registry
 
 
 class Registry:
-    """Versions of named generators, the active pointer per generator, and classifiers."""
+    """Versions of named generators, the active pointer per generator, classifiers and domains.
 
-    def __init__(self, home: Path | None = None):
+    ``database_url_`` / ``registry_url_`` default to ``LETHE_DATABASE_URL`` /
+    ``LETHE_REGISTRY_URL`` ("" for none); unset, everything lives in ``home`` (default
+    LETHE_HOME)."""
+
+    def __init__(self, home: Path | None = None, *, database_url_: str | None = None,
+                 registry_url_: str | None = None):
         self.home = Path(home).expanduser() if home is not None else lethe_home()
         self.versions_dir = self.home / "versions"
         self.active_dir = self.home / "active"
         self.classifiers_dir = self.home / "classifiers"
         self.domains_dir = self.home / "domains"
-        for folder in (self.versions_dir, self.active_dir, self.classifiers_dir, self.domains_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        remote = _remote(registry_url() if registry_url_ is None else registry_url_)
+        self.remote = remote
+        self._versions = Folders(self.versions_dir, "versions", self._locked, remote)
+        self._classifiers = Folders(self.classifiers_dir, "classifiers", self._locked, remote)
+        self._domains = Folders(self.domains_dir, "domains", self._locked, remote)
+        self._uploads = Folders(self.home / "uploads", "uploads", self._locked, remote, create=False, private=True)
+        self._reports = Folders(self.home / "reports" / "jobs", "reports", self._locked, remote, create=False)
+        db_url = database_url() if database_url_ is None else database_url_
+        if db_url:
+            from unlearning.store.postgres import database
+
+            self.pointers: FilePointers | DatabasePointers = DatabasePointers(database(db_url))
+        else:
+            self.pointers = FilePointers(self.active_dir)
 
     def __repr__(self) -> str:
         return f"Registry({str(self.home)!r})"
@@ -249,13 +197,16 @@ class Registry:
 
     # ---------------------------------------------------------------------------- versions
 
-    def _version_numbers(self, model: str) -> list[int]:
-        numbers = []
-        for entry in self.versions_dir.iterdir():
-            match = _VERSION.match(entry.name)
-            if match and match.group("model") == model and not entry.name.startswith("."):
-                numbers.append(int(match.group("n")))
-        return numbers
+    def _next_number(self, model: str) -> int:
+        """A version number never used for ``model``: from the database's counter when there
+        is one (every instance shares it), else one above every published version (object
+        storage then refuses a name taken meanwhile)."""
+        seen = [int(m.group("n")) for name in self._versions.names()
+                if (m := _VERSION.match(name)) and m.group("model") == model]
+        at_least = 1 + max(seen, default=0)
+        if isinstance(self.pointers, DatabasePointers):
+            return self.pointers.allocate(model, at_least)
+        return at_least
 
     def create_version(
         self,
@@ -273,66 +224,55 @@ class Registry:
         job: str | None = None,
     ) -> VersionManifest:
         """Store a new version of ``model``: ``write_files(folder)`` writes its files into a
-        private temporary folder; they are checksummed and fsynced, then the folder appears
-        as ``versions/<model>-v<N>`` in one rename. If ``write_files`` raises, nothing
-        appears and the exception propagates."""
+        private temporary folder; they are checksummed and fsynced, then published as
+        ``<model>-v<N>`` complete or not at all (one rename; with object storage, the files
+        first and the manifest last). If ``write_files`` raises, nothing appears and the
+        exception propagates."""
         _check_name(model, "model")
         if parent is not None:
             self.get(parent)
-        tmp = self.versions_dir / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.mkdir()
+        tmp = self._versions.staging()
         try:
             write_files(tmp)
-            files = _hash_and_sync(tmp)
-            with self._locked():
-                _remove_stale(self.versions_dir)
-                number = 1 + max(self._version_numbers(model), default=0)
+            files = hash_and_sync(tmp)
+
+            def make() -> tuple[str, dict[str, Any]]:
                 manifest = VersionManifest(
-                    version=f"{model}-v{number}",
-                    model=model,
-                    parent=parent,
-                    created_at=_now(),
-                    status=status,
-                    spec=spec,
-                    metrics=dict(metrics or {}),
-                    reason=reason,
-                    dataset=dataset,
-                    classifier=classifier,
-                    domain=domain,
-                    job=job,
-                    files=files,
+                    version=f"{model}-v{self._next_number(model)}", model=model, parent=parent,
+                    created_at=_now(), status=status, spec=spec, metrics=dict(metrics or {}), reason=reason,
+                    dataset=dataset, classifier=classifier, domain=domain, job=job, files=files,
                 )
-                _write_json_atomic(tmp / MANIFEST, manifest.model_dump(mode="json"))
-                _fsync_path(tmp)
-                os.rename(tmp, self.versions_dir / manifest.version)
-                _fsync_path(self.versions_dir)
+                return manifest.version, manifest.model_dump(mode="json")
+
+            published = VersionManifest.model_validate(self._versions.publish(tmp, files, make))
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        log.info("registered %s (%d files)", manifest.version, len(files))
-        return manifest
+        log.info("registered %s (%d files)", published.version, len(files))
+        return published
 
     def version_dir(self, version: str) -> Path:
-        """The folder of an existing version (NotFoundError otherwise)."""
-        self.get(version)
-        return self.versions_dir / version
+        """The local folder of an existing version (NotFoundError otherwise)."""
+        manifest = self.get(version)
+        return self._versions.local(version, manifest.files)
 
     def _known_versions(self, model: str | None = None) -> list[str]:
         return [m.version for m in self.list_versions(model)]
 
     def get(self, version: str) -> VersionManifest:
         """The manifest of ``version``; NotFoundError names it and lists known versions."""
-        # the name rule first: a name that breaks it never becomes a path
-        path = self.versions_dir / version if is_version(version) else None
-        if path is None or not (path / MANIFEST).is_file():
+        # the name rule first: a name that breaks it never becomes a path or an object key
+        named = is_version(version)
+        text = self._versions.manifest(version) if named else None
+        if text is None:
             model = None
-            if path is not None and (match := _VERSION.match(version)):
+            if named and (match := _VERSION.match(version)):
                 model = match.group("model")
             known = self._known_versions(model) or self._known_versions()
-            what = "not found" if path is not None else "not found (not a version name: <model>-v<N>)"
+            what = "not found" if named else "not found (not a version name: <model>-v<N>)"
             raise NotFoundError(f"version {shown(version)} {what}; known versions: {_known(known)}")
         try:
-            manifest = VersionManifest.model_validate_json((path / MANIFEST).read_text())
+            manifest = VersionManifest.model_validate_json(text)
         except (ValidationError, ValueError, UnicodeDecodeError) as exc:
             raise IntegrityError(f"{version}/{MANIFEST}: unreadable manifest ({exc})") from None
         if manifest.version != version:
@@ -345,16 +285,14 @@ class Registry:
         """Every readable version (of ``model``, if given), oldest first. Temporary folders
         and folders without a valid manifest are skipped (the latter with a warning)."""
         found: list[tuple[str, int, VersionManifest]] = []
-        for entry in self.versions_dir.iterdir():
-            match = _VERSION.match(entry.name)
-            if entry.name.startswith(".") or not match or not entry.is_dir():
-                continue
-            if model is not None and match.group("model") != model:
+        for name, text in self._versions.manifests().items():
+            match = _VERSION.match(name)
+            if not match or (model is not None and match.group("model") != model):
                 continue
             try:
-                manifest = VersionManifest.model_validate_json((entry / MANIFEST).read_text())
-            except (OSError, ValidationError, ValueError, UnicodeDecodeError) as exc:
-                log.warning("skipping %s: no valid %s (%s)", entry, MANIFEST, exc)
+                manifest = VersionManifest.model_validate_json(text)
+            except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+                log.warning("skipping %s: no valid %s (%s)", name, MANIFEST, exc)
                 continue
             found.append((manifest.created_at, int(match.group("n")), manifest))
         found.sort(key=lambda item: (item[0], item[1]))
@@ -363,7 +301,7 @@ class Registry:
     def verify(self, version: str) -> VersionManifest:
         """Recompute every checksum of ``version``; IntegrityError names a bad/missing file."""
         manifest = self.get(version)
-        _verify_files(self.versions_dir / version, manifest.files, version)
+        check_cached(self._versions, version, manifest.files, version)
         return manifest
 
     def update(
@@ -386,7 +324,7 @@ class Registry:
             if metrics is not None:
                 changes["metrics"] = {**manifest.metrics, **metrics}
             updated = VersionManifest.model_validate({**manifest.model_dump(), **changes})
-            _write_json_atomic(self.versions_dir / version / MANIFEST, updated.model_dump(mode="json"))
+            self._versions.rewrite_manifest(version, updated.model_dump(mode="json"))
         return updated
 
     def file_path(self, version: str, filename: str, *, verify: bool = True) -> Path:
@@ -397,8 +335,10 @@ class Registry:
                 f"version {version!r} has no file {filename!r}; it has: {', '.join(sorted(manifest.files))}"
             )
         if verify:
-            _verify_files(self.versions_dir / version, {filename: manifest.files[filename]}, version)
-        return self.versions_dir / version / filename
+            folder = check_cached(self._versions, version, manifest.files, version, only=[filename])
+        else:
+            folder = self._versions.local(version, manifest.files)
+        return folder / filename
 
     def load_component(self, version: str, stem: str) -> nn.Module:
         """Verify every file of ``version``, then rebuild ``<stem>.safetensors``/``.json``."""
@@ -410,7 +350,7 @@ class Registry:
             )
         from unlearning.models.io import load_model
 
-        return load_model(self.versions_dir / version, stem)
+        return load_model(self._versions.local(version, manifest.files), stem)
 
     def load_generator(self, version: str) -> nn.Module:
         return self.load_component(version, "generator")
@@ -423,21 +363,9 @@ class Registry:
 
     # ------------------------------------------------------------------------------ active
 
-    def _pointer(self, model: str) -> Path:
-        return self.active_dir / f"{_check_name(model, 'model')}.json"
-
     def active(self, model: str) -> str | None:
         """The version served for ``model``, or None if none was activated."""
-        path = self._pointer(model)
-        if not path.is_file():
-            return None
-        try:
-            version = json.loads(path.read_text())["version"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise IntegrityError(f"active/{path.name}: unreadable pointer ({exc})") from None
-        if not isinstance(version, str):
-            raise IntegrityError(f"active/{path.name}: pointer names no version")
-        return version
+        return self.pointers.get(_check_name(model, "model"))
 
     def activate(self, version: str, *, force: bool = False) -> VersionManifest:
         """Point ``<model>`` at ``version`` (atomically). Its files are verified first; a
@@ -450,24 +378,95 @@ class Registry:
                 "(force it if you really mean to serve it)"
             )
         with self._locked():
-            _remove_stale(self.active_dir)
-            _write_json_atomic(
-                self._pointer(manifest.model), {"version": version, "activated_at": _now()}
-            )
+            self.pointers.set(manifest.model, version)
         log.info("activated %s for %s", version, manifest.model)
         return manifest
+
+    def pointer_changes(self):
+        """A ``threading.Event`` set when an active pointer may have changed (pushed by the
+        database; never set for pointer files, which are polled). The caller clears it."""
+        return self.pointers.changes()
 
     def models(self) -> list[str]:
         """Names of generators that have versions or an active pointer."""
         names = {m.model for m in self.list_versions()}
-        names |= {p.stem for p in self.active_dir.glob("*.json") if not p.name.startswith(".")}
+        names |= set(self.pointers.models())
         return sorted(names)
+
+    # ----------------------------------------------------------------------------- uploads
+
+    def keep_uploads(self, staged: Path) -> Path:
+        """Keep a job's uploaded files (``staged``, a folder under ``uploads/``) as
+        ``uploads/<id>``; with object storage they are also published there (files, then
+        manifest), so that a job worker on another node can fetch them (``uploads``)."""
+        import uuid
+
+        name = uuid.uuid4().hex
+        if self.remote is None:
+            target = self._uploads.root / name
+            staged.rename(target)
+            return target
+        files = hash_and_sync(staged)
+        self._uploads.publish(staged, files, lambda: (name, {"name": name, "created_at": _now(), "files": files}))
+        return self._uploads.root / name
+
+    def uploads(self, path: str | Path) -> Path:
+        """The local folder of a job's uploads (``path``, as the submitting node stored it),
+        fetched from object storage and checked against its checksums when this node lacks it."""
+        folder = Path(path)
+        if self.remote is None or folder.is_dir():
+            return folder
+        text = self._uploads.manifest(folder.name)
+        if text is None:
+            return folder  # the job then says which file was not uploaded, and where it looked
+        files = json.loads(text).get("files") or {}
+        return check_cached(self._uploads, folder.name, files, f"uploads/{folder.name}")
+
+    def discard_uploads(self, path: str | Path) -> bool:
+        """Delete a job's uploads (``path``, as the submitting node stored it): this node's
+        copy and, with object storage, the published folder, bytes and all. True when
+        there was something to delete."""
+        return self._uploads.delete(Path(path).name)
+
+    def sweep_uploads(self, kept: set[str], older_than_s: float) -> list[str]:
+        """Delete the uploads folders no job keeps (``kept``: their names) older than
+        ``older_than_s``: this node's, and the published ones when the database (and so
+        every job that may refer to them) is shared."""
+        return self._uploads.sweep(kept, older_than_s, remote=isinstance(self.pointers, DatabasePointers))
+
+    def share_report(self, job_id: str) -> None:
+        """With object storage, publish a job's report folder (``reports/jobs/<job id>``),
+        so that every instance can serve it. Without one, or without a report, nothing."""
+        folder = self._reports.root / job_id
+        if self.remote is None or not folder.is_dir() or (folder / MANIFEST).exists():
+            return
+        staged = self._reports.staging()
+        staged.rmdir()
+        folder.rename(staged)
+        try:
+            files = hash_and_sync(staged)
+            self._reports.publish(staged, files, lambda: (job_id, {"name": job_id, "created_at": _now(),
+                                                                   "files": files}), replace=True)
+        finally:
+            if staged.exists():  # not published (the storage is down): put it back
+                staged.rename(folder)
+
+    def report(self, job_id: str) -> Path:
+        """The local folder of a job's report, fetched from object storage when another
+        instance's job worker wrote it (it may not exist: the job has no report yet)."""
+        folder = self._reports.root / job_id
+        if self.remote is None or folder.is_dir():
+            return folder
+        text = self._reports.manifest(job_id)
+        if text is None:
+            return folder
+        return check_cached(self._reports, job_id, json.loads(text).get("files") or {}, f"reports/{job_id}")
 
     # ------------------------------------------------------------------------- classifiers
 
     def _store_folder(
         self,
-        parent: Path,
+        folders: Folders,
         name: str,
         what: str,
         write_files: Callable[[Path], None],
@@ -476,36 +475,30 @@ class Registry:
         replace: bool,
         check: Callable[[Path], None] | None = None,
     ) -> BaseModel:
-        """Store a named immutable folder (a classifier, a domain) under ``parent``:
+        """Store a named immutable folder (a classifier, a domain) in ``folders``:
         ``write_files`` fills a private temporary folder, ``check`` may refuse it, its files
-        are checksummed into ``make_manifest(files)``, and it appears in one rename (an old
-        folder of that name, with ``replace``, is swapped out under the lock)."""
+        are checksummed into ``make_manifest(files)``, and it is published complete or not
+        at all (an old folder of that name is replaced only with ``replace``)."""
         _check_name(name, what)
-        final = parent / name
-        if final.exists() and not replace:
-            raise LetheError(f"{what} {name!r} already exists; pass replace=True to replace it")
-        tmp = parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        trash: Path | None = None
+
+        def refuse_existing() -> None:
+            if not replace and folders.manifest(name) is not None:
+                raise LetheError(f"{what} {name!r} already exists; pass replace=True to replace it")
+
+        refuse_existing()
+        tmp = folders.staging()
         try:
             write_files(tmp)
             if check is not None:
                 check(tmp)
-            manifest = make_manifest(_hash_and_sync(tmp))
-            _write_json_atomic(tmp / MANIFEST, manifest.model_dump(mode="json"))
-            _fsync_path(tmp)
-            with self._locked():
-                _remove_stale(parent)
-                self._restore_trash(parent)
-                if final.exists():
-                    if not replace:
-                        raise LetheError(f"{what} {name!r} already exists; pass replace=True to replace it")
-                    trash = parent / f"{_TRASH_PREFIX}{uuid.uuid4().hex}-{name}"
-                    os.rename(final, trash)
-                os.rename(tmp, final)
-                _fsync_path(parent)
-                if trash is not None:
-                    shutil.rmtree(trash, ignore_errors=True)
+            files = hash_and_sync(tmp)
+            manifest = make_manifest(files)
+
+            def make() -> tuple[str, dict[str, Any]]:
+                refuse_existing()
+                return name, manifest.model_dump(mode="json")
+
+            folders.publish(tmp, files, make, replace=replace)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -527,19 +520,8 @@ class Registry:
             return ClassifierManifest(name=name, created_at=_now(), format=fmt, metrics=dict(metrics or {}),
                                       labels=list(labels) if labels else None, domain=domain, files=files)
 
-        return self._store_folder(self.classifiers_dir, name, "classifier", write_files, manifest,  # type: ignore[return-value]
-                                  replace=replace, check=check)
-
-    def _restore_trash(self, parent: Path) -> None:
-        """A replace interrupted between its two renames: put the old folder back if the
-        new one never arrived, otherwise drop it. Call with the lock held."""
-        for entry in parent.glob(f"{_TRASH_PREFIX}*"):
-            name = entry.name[len(_TRASH_PREFIX) + 33 :]
-            target = parent / name
-            if name and not target.exists():
-                os.rename(entry, target)
-            else:
-                shutil.rmtree(entry, ignore_errors=True)
+        return self._store_folder(  # type: ignore[return-value]
+            self._classifiers, name, "classifier", write_files, manifest, replace=replace, check=check)
 
     def register_classifier(
         self,
@@ -592,12 +574,12 @@ class Registry:
         )
 
     def _get_classifier(self, name: str) -> ClassifierManifest:
-        if not isinstance(name, str) or not _NAME.match(name) or not (self.classifiers_dir / name / MANIFEST).is_file():
+        text = self._classifiers.manifest(name) if isinstance(name, str) and _NAME.match(name) else None
+        if text is None:
             known = [m.name for m in self.list_classifiers()]
             raise NotFoundError(f"classifier {shown(name)} not found; known classifiers: {_known(known)}")
-        path = self.classifiers_dir / name / MANIFEST
         try:
-            return ClassifierManifest.model_validate_json(path.read_text())
+            return ClassifierManifest.model_validate_json(text)
         except (ValidationError, ValueError, UnicodeDecodeError) as exc:
             raise IntegrityError(f"classifiers/{name}/{MANIFEST}: unreadable manifest ({exc})") from None
 
@@ -606,14 +588,14 @@ class Registry:
 
     def verify_classifier(self, name: str) -> ClassifierManifest:
         manifest = self._get_classifier(name)
-        _verify_files(self.classifiers_dir / name, manifest.files, f"classifiers/{name}")
+        check_cached(self._classifiers, name, manifest.files, f"classifiers/{name}")
         return manifest
 
     def load_classifier(self, name: str) -> nn.Module:
         """Verified classifier in eval mode: rebuilt from safetensors, or converted from
         ONNX with onnx2torch (that module has no ``.features``/``.config``)."""
         manifest = self.verify_classifier(name)
-        folder = self.classifiers_dir / name
+        folder = self._classifiers.local(name, manifest.files)
         if manifest.format == "onnx":
             return onnx_classifier_module(folder / "classifier.onnx", f"classifiers/{name}/classifier.onnx")
         from unlearning.models.io import load_model
@@ -621,18 +603,16 @@ class Registry:
         return load_model(folder, "classifier")
 
     def list_classifiers(self) -> list[ClassifierManifest]:
-        return self._list_folders(self.classifiers_dir, ClassifierManifest)  # type: ignore[return-value]
+        return self._list_folders(self._classifiers, ClassifierManifest)  # type: ignore[return-value]
 
     @staticmethod
-    def _list_folders(parent: Path, schema: type[BaseModel]) -> list[BaseModel]:
+    def _list_folders(folders: Folders, schema: type[BaseModel]) -> list[BaseModel]:
         found = []
-        for entry in sorted(parent.iterdir()):
-            if entry.name.startswith(".") or not entry.is_dir():
-                continue
+        for name, text in sorted(folders.manifests().items()):
             try:
-                found.append(schema.model_validate_json((entry / MANIFEST).read_text()))
-            except (OSError, ValidationError, ValueError, UnicodeDecodeError) as exc:
-                log.warning("skipping %s: no valid %s (%s)", entry, MANIFEST, exc)
+                found.append(schema.model_validate_json(text))
+            except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+                log.warning("skipping %s/%s: no valid %s (%s)", folders.kind, name, MANIFEST, exc)
         return found
 
     # ----------------------------------------------------------------------------- domains
@@ -643,24 +623,25 @@ class Registry:
         """Store a domain's folder: ``write_files`` writes its judge, splits and statistics;
         ``fields`` are the manifest's other fields (``unlearning.domains`` builds them)."""
         return self._store_folder(  # type: ignore[return-value]
-            self.domains_dir, name, "domain", write_files,
+            self._domains, name, "domain", write_files,
             lambda files: DomainManifest(name=name, created_at=_now(), files=files, **fields), replace=replace,
         )
 
     def get_domain(self, name: str) -> DomainManifest:
-        path = self.domains_dir / name / MANIFEST if isinstance(name, str) and _NAME.match(name) else None
-        if path is None or not path.is_file():
+        text = self._domains.manifest(name) if isinstance(name, str) and _NAME.match(name) else None
+        if text is None:
             known = [m.name for m in self.list_domains()]
-            raise NotFoundError(f"domain {name!r} not found; known domains: {_known(known)}")
+            raise NotFoundError(f"domain {shown(name)} not found; known domains: {_known(known)}")
         try:
-            return DomainManifest.model_validate_json(path.read_text())
+            return DomainManifest.model_validate_json(text)
         except (ValidationError, ValueError, UnicodeDecodeError) as exc:
             raise IntegrityError(f"domains/{name}/{MANIFEST}: unreadable manifest ({exc})") from None
 
     def verify_domain(self, name: str) -> DomainManifest:
-        """The manifest, every stored file checked, and every referenced file too."""
+        """The manifest, every stored file checked (fetched from object storage when this
+        node lacks them), and every file it reads in place checked too."""
         manifest = self.get_domain(name)
-        _verify_files(self.domains_dir / name, manifest.files, f"domains/{name}")
+        check_cached(self._domains, name, manifest.files, f"domains/{name}")
         for path, expected in sorted(manifest.references.items()):
             if not Path(path).is_file():
                 raise IntegrityError(f"domain {name!r} reads {path}, which is missing")
@@ -669,11 +650,12 @@ class Registry:
         return manifest
 
     def domain_dir(self, name: str) -> Path:
-        self.get_domain(name)
-        return self.domains_dir / name
+        """The local folder of a domain (fetched from object storage when not cached)."""
+        manifest = self.get_domain(name)
+        return self._domains.local(name, manifest.files)
 
     def list_domains(self) -> list[DomainManifest]:
-        return self._list_folders(self.domains_dir, DomainManifest)  # type: ignore[return-value]
+        return self._list_folders(self._domains, DomainManifest)  # type: ignore[return-value]
 
 
 def onnx_classifier_module(path: Path, label: str) -> nn.Module:

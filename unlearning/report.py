@@ -178,13 +178,17 @@ def _page(outcome: "JobOutcome", body: str) -> str:
 def render_html(outcome: "JobOutcome", has_plot: bool, image_base: str = "", attacked: bool = False,
                 inverted: bool = False) -> str:
     """Self-contained page; ``image_base`` prefixes the picture URLs (the service serves them)."""
-    keys = ["invalidity", "fid", "filtered_fid", "inception_score", "samples", "extractor"]
+    keys = ["invalidity", "judge_invalidity", "fid", "filtered_fid", "inception_score", "samples", "extractor"]
+    by = {**outcome.before.get("judged_by", {}), **outcome.after.get("judged_by", {})}
     metrics = "".join(
-        f"<tr><td>{k}</td><td>{_number(outcome.before.get(k))}</td><td>{_number(outcome.after.get(k))}</td></tr>"
-        for k in keys
+        f"<tr><td>{k}</td><td>{_number(outcome.before.get(k))}</td><td>{_number(outcome.after.get(k))}</td>"
+        f"<td>{html.escape(by.get(k, ''))}</td></tr>"
+        for k in keys if k in outcome.before or k in outcome.after
     )
     plot = f'<h2>Invalidity over training</h2><img src="{image_base}invalidity.png">' if has_plot else ""
-    return _page(outcome, f"""<h2>Metrics</h2><table><tr><th></th><th>before ({html.escape(outcome.parent)})</th><th>after ({html.escape(outcome.version)})</th></tr>{metrics}</table>
+    return _page(outcome, f"""<h2>Metrics</h2><p>The guide is what the method trained against; numbers by the judge
+(a classifier trained apart, which no method sees) are the independent ones.</p>
+<table><tr><th></th><th>before ({html.escape(outcome.parent)})</th><th>after ({html.escape(outcome.version)})</th><th>measured by</th></tr>{metrics}</table>
 <h2>Samples on the same latents</h2><p>before &nbsp; / &nbsp; after</p>
 <img src="{image_base}before.png"><img src="{image_base}after.png">{plot}
 {_attack_section(outcome, attacked, image_base, inverted)}""")
@@ -226,7 +230,7 @@ def write_i2i_report(
 
 
 def render_i2i_html(outcome: "JobOutcome", has_plot: bool, sets: list[str], image_base: str = "") -> str:
-    keys = ["images", "fid", "l1", "invalidity"]
+    keys = ["images", "fid", "l1", "invalidity", "judge_invalidity"]
     metrics = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{k}</td><td>{_number(outcome.before.get(name, {}).get(k))}</td>"
         f"<td>{_number(outcome.after.get(name, {}).get(k))}</td></tr>"

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-# What a request that names no model samples, and /inpaint's default: the embedded default
-# domain's (LETHE_MODEL and LETHE_INPAINTER_MODEL change them).
+# The embedded default domain, what a request that names no model samples, and /inpaint's
+# default: the embedded default's (LETHE_MODEL and LETHE_INPAINTER_MODEL change the last two).
+DEFAULT_DOMAIN = "digits"
 DEFAULT_MODEL = "digits"
 DEFAULT_INPAINTER = "digits-inpainter"
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from unlearning.domains import digits, fashion_mnist
 from unlearning.domains.builtin import BuiltinDomain, ModelRecipe
+from unlearning.runtime import DEFAULT_DOMAIN
 
 BUILTIN_DOMAINS: dict[str, BuiltinDomain] = {d.name: d for d in (digits.DOMAIN, fashion_mnist.DOMAIN)}
-DEFAULT_DOMAIN = "digits"
 
 
 def builtin_for_model(model: str) -> BuiltinDomain | None:

@@ -190,7 +190,7 @@ def _check(data: UserDataset, name: str) -> None:
         raise InputDataError(f"{name}: images have {c} channels; a domain's images are grey (1) or RGB (3)")
     k = len(data.labels)
     if k < 2:
-        raise InputDataError(f"{name}: has one class ({data.labels[0] if data.labels else 'none'}); "
+        raise InputDataError(f"{name}: has one class ({repr(data.labels[0]) if data.labels else 'unnamed'}); "
                              "a domain needs at least two, so that a class can be forgotten and others kept")
     if len(set(data.labels)) != k:
         raise InputDataError(f"{name}: class names repeat ({', '.join(data.labels)})")

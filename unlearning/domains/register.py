@@ -31,7 +31,7 @@ from unlearning.metrics import reference_stats
 from unlearning.models import ClassifierConfig, JudgeClassifier
 from unlearning.models.classifier import Classifier, PenultimateFeatures
 from unlearning.models.io import save_model
-from unlearning.pretrain import ClassifierTraining, train_classifier
+from unlearning.pretrain import ClassifierTraining, accuracy, train_classifier
 from unlearning.progress import progress_bar
 from unlearning.registry import DomainManifest, Registry, sha256_file
 
@@ -61,10 +61,13 @@ def register_domain(
     device: torch.device | None = None,
     show_progress: bool = True,
     source: str = "",
+    trained: tuple[Classifier, Classifier] | None = None,
 ) -> DomainManifest:
     """Train and store domain ``name`` (guide classifier ``guide``, default: ``name``).
     ``builtin`` domains read their data in place (``references`` are checksummed);
-    the others' images are copied into the domain's folder."""
+    the others' images are copied into the domain's folder. ``trained`` = (guide, judge)
+    trained elsewhere on this split (tests keep a committed pair): they are checked against
+    the held-out split like freshly trained ones."""
     device = device or torch.device("cpu")
     guide = guide or name
     _refuse_taken(registry, name, guide)
@@ -77,15 +80,20 @@ def register_domain(
     config = ClassifierConfig(resolution=h, channels=c, num_classes=len(labels), labels=list(labels))
 
     started = time.monotonic()
-    with progress_bar(f"guide classifier {guide!r}", show_progress) as callbacks:
-        guide_model, guide_metrics = train_classifier(_take(train, guide_idx), held_out, config,
-                                                      guide_training or ClassifierTraining(seed=0),
-                                                      callbacks=callbacks, device=device)
-    with progress_bar(f"judge of {name!r}", show_progress) as callbacks:
-        judge_model, judge_metrics = train_classifier(_take(train, judge_idx), held_out, config,
-                                                      judge_training or ClassifierTraining(seed=1),
-                                                      callbacks=callbacks, device=device,
-                                                      architecture=JudgeClassifier)
+    if trained is not None:
+        guide_model, judge_model = (m.to(device).eval() for m in trained)
+        guide_metrics = {"held_out_accuracy": accuracy(guide_model, held_out), "trained": "elsewhere"}
+        judge_metrics = {"held_out_accuracy": accuracy(judge_model, held_out), "trained": "elsewhere"}
+    else:
+        with progress_bar(f"guide classifier {guide!r}", show_progress) as callbacks:
+            guide_model, guide_metrics = train_classifier(_take(train, guide_idx), held_out, config,
+                                                          guide_training or ClassifierTraining(seed=0),
+                                                          callbacks=callbacks, device=device)
+        with progress_bar(f"judge of {name!r}", show_progress) as callbacks:
+            judge_model, judge_metrics = train_classifier(_take(train, judge_idx), held_out, config,
+                                                          judge_training or ClassifierTraining(seed=1),
+                                                          callbacks=callbacks, device=device,
+                                                          architecture=JudgeClassifier)
     for role, metrics in (("guide", guide_metrics), ("judge", judge_metrics)):
         if metrics["held_out_accuracy"] < min_accuracy:
             raise LetheError(f"the {role} classifier reaches {metrics['held_out_accuracy']:.1%} on the held-out "

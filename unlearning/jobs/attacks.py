@@ -56,30 +56,37 @@ def inversion_targets(verdict: Verdict, held_out: torch.Tensor, negatives: torch
 def run_attacks(
     generators: dict[str, torch.nn.Module], spec: ForgetSpec, omega: RedactionSet, judged: RedactionSet | None,
     domain: Domain, *, marked_by: torch.nn.Module | None = None, progress=None,
-    gradient: AttackSettings | None = None, inversion: InversionSettings | None = None,
+    gradient: AttackSettings | None = None, inversion: InversionSettings | None = None, invert: bool = True,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Both attacks on each of ``generators`` (same starts, same targets): ({name: summary},
-    pictures for the report: {name: gradient attack's final images, "inversion":
-    {"targets", name: reconstructions}})."""
+    """Both attacks (``invert`` False: the gradient attack only) on each of ``generators``
+    (same starts, same targets): ({name: summary}, pictures for the report: {name: gradient
+    attack's final images, "inversion": {"targets", name: reconstructions}})."""
     device = domain.device
     gradient, inversion = gradient or AttackSettings(), inversion or InversionSettings()
     verdict, marks = verdict_for(spec, omega, judged, domain, marked_by)
-    targets = inversion_targets(verdict, domain.held_out.images.to(device), omega.negatives,
-                                marks[0] if marks else None, inversion.targets)
+    targets = None
     summaries: dict[str, dict[str, Any]] = {}
-    pictures: dict[str, Any] = {"inversion": {"targets": targets[:INVERSION_IMAGES].cpu()}}
+    pictures: dict[str, Any] = {}
+    if invert:
+        targets = inversion_targets(verdict, domain.held_out.images.to(device), omega.negatives,
+                                    marks[0] if marks else None, inversion.targets)
+        pictures["inversion"] = {"targets": targets[:INVERSION_IMAGES].cpu()}
     share = 1.0 / len(generators)
     for i, (name, generator) in enumerate(generators.items()):
         def report(attack: str, done: int, total: int, i=i, name=name) -> None:
             if progress:  # each model's share: the gradient attack, then the inversion
+                half = 0.5 if targets is not None else 1.0
                 offset = 0.0 if attack == "gradient" else 0.5
-                progress(share * (i + offset + 0.5 * done / total), {"model": name, "attack": attack})
+                progress(share * (i + offset + half * done / total), {"model": name, "attack": attack})
 
         summary = latent_attack(generator, omega, gradient, verdict=verdict, device=device, keep_images=ATTACK_IMAGES,
                                 progress=lambda done, total: report("gradient", done, total))
         if "images" in summary:
             pictures[name] = summary.pop("images")
         summary["gradient_worst_case"] = summary["worst_case"]
+        if targets is None:
+            summaries[name] = summary
+            continue
         inverted = inversion_attack(generator, targets, verdict, inversion, omega=omega, device=device,
                                     keep_images=INVERSION_IMAGES,
                                     progress=lambda done, total: report("inversion", done, total))
@@ -91,9 +98,11 @@ def run_attacks(
     return summaries, pictures
 
 
-def attack_check(ctx: JobContext, parent: torch.nn.Module, candidate: torch.nn.Module, progress=None):
-    """Both attacks on a job's parent and candidate: (parent summary, candidate summary,
-    pictures for the report)."""
+def attack_check(ctx: JobContext, parent: torch.nn.Module, candidate: torch.nn.Module, progress=None,
+                 gradient: AttackSettings | None = None, inversion: InversionSettings | None = None):
+    """Both attacks on a job's parent and candidate (``inversion`` None: the gradient attack
+    only): (parent summary, candidate summary, pictures for the report)."""
     summaries, pictures = run_attacks({"parent": parent, "candidate": candidate}, ctx.spec, ctx.omega, ctx.judged,
-                                      ctx.domain, marked_by=parent, progress=progress)
+                                      ctx.domain, marked_by=parent, progress=progress, gradient=gradient,
+                                      inversion=inversion, invert=inversion is not None)
     return summaries["parent"], summaries["candidate"], pictures

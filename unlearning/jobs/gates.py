@@ -2,8 +2,9 @@
 
 Generators: ``invalidity`` (the spec's own checks: what the method optimised),
 ``judge_invalidity`` (the same label-based checks asked of the domain's judge, which no
-method sees; present when the spec names the guide), ``fid_increase`` (the judge's features,
-against the parent filtered by the judge), ``class_balance`` (the judge's classes),
+method sees; present when the spec names the guide), ``fid_ratio`` (and ``fid_increase``
+when asked; the judge's features, against the parent filtered by the judge),
+``class_balance`` (the judge's classes),
 optionally ``attack_invalidity`` (the worst of the gradient and inversion attacks, judged
 by the judge), and ONNX parity. Image-to-image models: retain and forget
 FID ratios, and parity.
@@ -19,6 +20,22 @@ from unlearning.spec import ForgetSpec
 
 PARITY_LIMIT = 1e-4
 DEFAULT_MAX_JUDGE_INVALIDITY = 0.01
+# A spec that leaves max_invalidity out gets its method's: what the method reaches with its
+# own defaults on digits and Fashion-MNIST (README, "Defaults that work"). Adapt-then-Unlearn
+# never sees training data and removes what a sample of the parent shows, so it stops short
+# of Kong's; the feedback marks' nearest-neighbour judge is coarse.
+DEFAULT_MAX_INVALIDITY = {
+    "kong-data": 0.001, "kong-validity": 0.001, "kong-classifier": 0.001,
+    "adapt-then-unlearn": 0.01, "param-extrapolation": 0.01, "feedback": 0.05, "i2i-encoder": 1.0,
+}
+
+
+def resolve_gates(spec: ForgetSpec, method: str) -> ForgetSpec:
+    """``spec`` with every gate limit it left to the method filled in."""
+    if spec.gates.max_invalidity is not None:
+        return spec
+    gates = spec.gates.model_copy(update={"max_invalidity": DEFAULT_MAX_INVALIDITY.get(method, 0.001)})
+    return spec.model_copy(update={"gates": gates})
 
 
 def forgotten_classes(parent: dict[str, Any], share_of_class_in_omega: float = 0.5) -> set[int]:
@@ -59,10 +76,15 @@ def generator_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, A
         against = f"parent filtered by {before['judged_by']['filtered_fid']}"
     else:
         baseline, against = before["fid"], "parent"
-    increase = after["fid"] - baseline
-    gates.append(Gate(name="fid_increase", value=increase, limit=g.max_fid_increase,
-                      passed=increase <= g.max_fid_increase,
-                      detail=f"against the {against}; extractor {after['extractor']}"))
+    detail = f"against the {against} ({baseline:.4g}); extractor {after['extractor']}"
+    if g.max_fid_ratio is not None:
+        ratio = after["fid"] / max(baseline, 1e-9)
+        gates.append(Gate(name="fid_ratio", value=ratio, limit=g.max_fid_ratio, passed=ratio <= g.max_fid_ratio,
+                          detail=detail))
+    if g.max_fid_increase is not None:
+        increase = after["fid"] - baseline
+        gates.append(Gate(name="fid_increase", value=increase, limit=g.max_fid_increase,
+                          passed=increase <= g.max_fid_increase, detail=detail))
     excluded = forgotten_classes(before)
     ratio = min_share_ratio(before["class_shares"], after["class_shares"], excluded)
     gates.append(Gate(name="class_balance", value=ratio if ratio != float("inf") else None,

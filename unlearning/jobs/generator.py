@@ -21,7 +21,7 @@ from unlearning.methods import (
     DATA_FREE_METHODS, GAN, MethodResult, check_fits_model, choose_method, hyperparameters, run_method,
 )
 from unlearning.metrics import (
-    FID, ClassShares, Filtered, evaluate, min_share_ratio, redaction_score, reference_stats,
+    FID, AttackSettings, ClassShares, InversionSettings, Filtered, evaluate, min_share_ratio, redaction_score, reference_stats,
 )
 from unlearning.registry import VersionManifest
 from unlearning.runtime import latents
@@ -98,10 +98,13 @@ class GeneratorJob:
                       progress=lambda done, total: validating.progress(0.4 + 0.4 * done / total,
                                                                        {"model": "candidate"}))
         pictures: dict[str, Any] = {}
-        if omega.has_judge:  # the worst case: gradient and inversion attacks, judged (jobs/attacks.py)
+        if omega.has_judge and ctx.spec.gates.attack_starts:  # the worst case: gradient and inversion (jobs/attacks.py)
             ctx.callbacks.check_cancelled()
             before["attack"], after["attack"], pictures = attack_check(
-                ctx, parent, candidate, stage(validating, "attack", 0.8, 1.0).progress)
+                ctx, parent, candidate, stage(validating, "attack", 0.8, 1.0).progress,
+                gradient=AttackSettings(starts=ctx.spec.gates.attack_starts),
+                inversion=InversionSettings(targets=ctx.spec.gates.inversion_targets)
+                if ctx.spec.gates.inversion_targets else None)
         if "discriminator" in trained.parent and "discriminator" in trained.edited:
             trained.stats["redaction_score"] = _mean_redaction_scores(
                 trained.parent["discriminator"], trained.edited["discriminator"], retained, omega_train)
@@ -168,6 +171,8 @@ def _mean_redaction_scores(parent_d, candidate_d, retained, omega_train) -> dict
 def _require_judge_for_attack_gate(ctx: JobContext) -> None:
     from unlearning.errors import SpecError
 
+    if ctx.spec.gates.max_attack_invalidity is not None and not ctx.spec.gates.attack_starts:
+        raise SpecError("gates.max_attack_invalidity needs the attack: attack_starts must be at least 1")
     if ctx.spec.gates.max_attack_invalidity is not None and not ctx.omega.has_judge:
         raise SpecError("gates.max_attack_invalidity: the attack check needs a validity, classifier or "
                         "data set to judge the images it finds (feedback marks cannot judge new images)")

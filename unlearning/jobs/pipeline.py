@@ -23,6 +23,7 @@ import torch
 from unlearning.domains.loaded import load_domain
 from unlearning.errors import LetheError, SpecError
 from unlearning.jobs.context import JobContext, JobFamily
+from unlearning.jobs.gates import resolve_gates
 from unlearning.jobs.generator import GeneratorJob
 from unlearning.jobs.image_to_image import ImageToImageJob
 from unlearning.jobs.outcome import JobOutcome
@@ -40,14 +41,22 @@ def family_of(parent: VersionManifest) -> JobFamily:
 
 def resolve_parent(registry: Registry, parent: str | None, model: str | None = None) -> VersionManifest:
     """``parent`` if given (it must belong to ``model`` when both are), else ``model``'s active
-    version (default model: digits)."""
-    version = parent or registry.active(model or DEFAULT_MODEL)
+    version; with neither, the home's only served model, or the default model (digits) among several."""
+    model = model or (None if parent else _default_model(registry))
+    version = parent or registry.active(model)
     if version is None:
-        raise SpecError(f"no active version of '{model or DEFAULT_MODEL}': run `lethe bootstrap` first or pass --from")
+        raise SpecError(f"no active version of '{model}': run `lethe bootstrap` first or pass --from")
     manifest = registry.verify(version)
     if model is not None and manifest.model != model:
         raise SpecError(f"version {version!r} belongs to model {manifest.model!r}, not {model!r}")
     return manifest
+
+
+def _default_model(registry: Registry) -> str:
+    served = [name for name in registry.models() if registry.active(name) is not None]
+    if len(served) == 1 or DEFAULT_MODEL in served or not served:
+        return served[0] if len(served) == 1 else DEFAULT_MODEL
+    raise SpecError(f"this home serves several models ({', '.join(served)}): pass --from VERSION or --model NAME")
 
 
 @torch.no_grad()
@@ -75,8 +84,8 @@ def _context(
     method = family.choose_method(spec, parent_manifest)
     domain = load_domain(registry, parent_manifest, device=device, inception_weights=inception_weights)
     sets = prepare_redaction_set(spec, registry, domain, uploads_dir, marks_from=parent_manifest.version)
-    ctx = JobContext(sets.spec, registry, parent_manifest, method, domain, sets.omega, sets.judged,
-                     uploads_dir, device, callbacks)
+    ctx = JobContext(resolve_gates(sets.spec, method), registry, parent_manifest, method, domain, sets.omega,
+                     sets.judged, uploads_dir, device, callbacks)
     return ctx, family
 
 
@@ -135,8 +144,10 @@ def run_redaction(
         gates = family.gates(ctx.spec, judged, parity)
         metrics = {"before": judged.before, "after": judged.after, "method": ctx.method, "stats": trained.stats,
                    "history": trained.history, "gates": [g.model_dump() for g in gates]}
+        # the spec as written (label names and all), with the limits the method filled in
+        stored = written.model_copy(update={"gates": ctx.spec.gates})
         manifest, status, reason, activated = store_version(
-            registry, ctx.parent, written, trained.edited, onnx_path, gates, metrics, activate=activate,
+            registry, ctx.parent, stored, trained.edited, onnx_path, gates, metrics, activate=activate,
             job_id=job_id,
         )
     outcome = JobOutcome(

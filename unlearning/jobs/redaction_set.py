@@ -20,11 +20,13 @@ import torch
 
 from unlearning.data.files import load_images
 from unlearning.domains.loaded import Domain
-from unlearning.errors import SpecError
+from unlearning.errors import LetheError, SpecError
 from unlearning.marks import regenerate_marked
 from unlearning.models.classifier import PenultimateFeatures
 from unlearning.registry import Registry, onnx_classifier_module
-from unlearning.spec import ForgetSpec, build_redaction_set, referenced_classifiers, referenced_files
+from unlearning.spec import (
+    ClassifierSet, ForgetSpec, ValiditySet, build_redaction_set, referenced_classifiers, referenced_files, walk_rules,
+)
 from unlearning.spec.checks import RedactionSet, judge_mirror
 from unlearning.spec.labels import resolve_label_names
 
@@ -41,6 +43,16 @@ def _uploaded(uploads_dir: Path | None, name: str) -> Path | None:
         return None
     path = Path(uploads_dir) / name
     return path if path.is_file() else None
+
+
+def _where_named(spec: ForgetSpec, classifier: str) -> str:
+    """Where a spec first names ``classifier``, for error messages (``sets[1].rule.classifier``)."""
+    for i, s in enumerate(spec.sets):
+        if isinstance(s, ClassifierSet) and s.classifier == classifier:
+            return f"sets[{i}].classifier"
+        if isinstance(s, ValiditySet) and any(getattr(r, "classifier", None) == classifier for r in walk_rules(s.rule)):
+            return f"sets[{i}].rule.classifier"
+    return "sets"
 
 
 def prepare_redaction_set(
@@ -63,10 +75,14 @@ def prepare_redaction_set(
             module = onnx_classifier_module(uploaded, name)  # an uploaded classifier: ONNX, never pickle
             label_names[name] = None
         else:
-            manifest = registry.get_classifier(name)
+            where = _where_named(spec, name)
+            try:
+                manifest = registry.get_classifier(name)
+            except LetheError as exc:
+                raise type(exc)(f"{where}: {exc}") from None
             if manifest.domain is not None and manifest.domain != domain.name:
-                raise SpecError(f"sets: classifier {name!r} belongs to domain {manifest.domain!r}, and this model's "
-                                f"domain is {domain.name!r} (its guide is {domain.guide_name!r})")
+                raise SpecError(f"{where}: classifier {name!r} belongs to domain {manifest.domain!r}, and this "
+                                f"model's domain is {domain.name!r} (its guide is {domain.guide_name!r})")
             module = registry.load_classifier(name)
             label_names[name] = manifest.labels
         classifiers[name] = module.to(domain.device).eval().requires_grad_(False)

@@ -52,6 +52,9 @@ class AdaptThenUnlearnHyperparameters(AdversarialSettings):
     alpha_pos: float = Field(1.0, gt=0.5, le=1.0, description="real target (the paper: plain BCE)")
     alpha_neg: float = Field(0.0, ge=0.0, lt=0.5, description="fake target")
     generated_samples: int = Field(5000, ge=64, le=200_000, description="samples split into S_n / S_p")
+    positive_buffer: float = Field(
+        0.0, ge=0.0, le=10.0,
+        description="S_p leaves out the samples nearest Omega (by the checks' margin): this many times |S_n|")
     split_seed: int = Field(20_240_602, ge=0, le=MAX_SEED, description="seed of the samples that are split")
     adapted_models: int = Field(1, ge=1, le=16, description="k: independent negative adaptations")
     adapt_epochs: int = Field(30, ge=1, le=10_000, description="stage-1 epochs over S_n")
@@ -88,7 +91,13 @@ def split_generated(
         images.append(generator(z.to(device)))
     samples = torch.cat(images)
     invalid = omega.in_omega(samples)
-    return samples[invalid], samples[~invalid]
+    negatives, positives = samples[invalid], samples[~invalid]
+    drop = int(hp.positive_buffer * len(negatives))
+    if drop and omega.margins and len(positives) > drop:
+        # borderline samples the checks still call valid teach G to keep drawing near Omega
+        nearest = omega.attack_margin(positives).argsort(descending=True)
+        positives = positives[nearest[drop:]]
+    return negatives, positives
 
 
 # ------------------------------------------------------------------------ stage 1: adapt

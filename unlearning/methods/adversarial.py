@@ -35,6 +35,8 @@ class AdversarialSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(8, ge=1, le=10_000)
+    epoch_images: int | None = Field(
+        None, ge=1, le=10_000_000, description="real images per epoch, drawn without replacement (None: all of them)")
     batch_size: int = Field(64, ge=2, le=MAX_BATCH)
     lr: float = Field(2e-4, gt=0, le=1.0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
@@ -139,7 +141,8 @@ def train_adversarial(
     ema = EMA(g, settings.ema_decay) if settings.ema_decay else None
 
     b = settings.batch_size
-    batches_per_epoch = max(1, len(real) // b)  # drop the ragged last batch: BatchNorm
+    per_epoch = len(real) if settings.epoch_images is None else min(len(real), settings.epoch_images)
+    batches_per_epoch = max(1, per_epoch // b)  # drop the ragged last batch: BatchNorm
     total = settings.epochs * batches_per_epoch
     history: list[dict[str, Any]] = []
     steps = {"iterations": 0, "d_steps": 0, "g_steps": 0}

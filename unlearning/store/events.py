@@ -9,9 +9,10 @@ import logging
 import os
 from typing import Any
 
-from service.job_store import AuditAction, JobStore
+from unlearning.store.queue import JobQueue as JobStore
+from unlearning.store.records import AuditAction
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)  # unlearning.store.events
 
 _PAST = {"activate": "was activated", "promoted": "was promoted", "rejected": "was rejected"}
 
