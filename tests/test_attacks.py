@@ -117,7 +117,7 @@ def test_kong_classifier_forgets_zero_in_distribution_not_in_the_worst_case(reda
 def test_robust_redaction_cuts_the_inversion_worst_case(redactions, judged, zeros):
     """Robust mode: the inversion worst case at least 3x below the same method without it,
     random invalidity <= 0.5 % and FID within 2x of the filtered base, all by the judge."""
-    plain = redactions["plain"].after["attack"]["inversion"]  # the job's own: same targets, same settings
+    plain = redactions["plain"].after["attack"]["inversion"]  # the job's own: 32 held-out zeros, same budget
     robust_model = redactions["registry"].load_generator(redactions["robust"].version)
     robust = inversion_attack(robust_model, zeros["targets"], zeros["verdict"])
     after = judged["robust"]
