@@ -30,8 +30,11 @@ One run does everything, so every ratio compares numbers measured on the same ma
    filtered by the judge (rejection sampling) gives the reference FID. PUL = 100 (parent
    - candidate) / parent of the judge's invalidity (Tiwary et al. eq. 8). The slant task
    has no classifier: its invalidity is the share of samples at or above the slant
-   threshold, judged by that pixel measure, which no method sees either. The latent
-   attack's worst case is the job's own (``outcome.after["attack"]``, by the spec's checks).
+   threshold, judged by that pixel measure, which no method sees either. The attack
+   columns: on a class task, every model is attacked the same way whatever its spec
+   (``bench/attacks.py``: gradient ascent on the guide and inversion of held-out images,
+   judged by the judge); on the slant task, the job's own attacks. ``--robust`` adds Kong's
+   rows again with latent adversarial training (``hyperparameters: {robust: true}``).
 
 Wall time is reported as a ratio of the parent's pre-training wall time (the paper reports
 redaction cost relative to pre-training): ``wall_time_ratio`` uses the training phase of
@@ -71,6 +74,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attacks import (  # noqa: E402
+    COLUMNS as ATTACK_COLUMNS, WORST_CASE_NOTE, ClassAttack, attack_columns, worst_case_table,
+)
 from common import finite, log, write_json  # noqa: E402
 
 EVAL_SEED = 4242  # not jobs.GATE_SEED: the benchmark judges on latents the job never saw
@@ -91,7 +97,8 @@ THRESHOLD_SEED, THRESHOLD_N = 99, 10_000
 PICTURE_SAMPLES = 16  # per line of the before/after picture
 SUMMARY_KEYS = ("invalidity", "judge_invalidity", "pul", "inception_score", "fid", "fid_over_filtered_base",
                 "min_retained_share_ratio", "attack_worst_case", "parent_attack_worst_case", "wall_time_ratio",
-                "job_wall_time_ratio", "iteration_ratio", "selected_epoch", "epochs_run")
+                "job_wall_time_ratio", "iteration_ratio", "selected_epoch", "epochs_run",
+                *ATTACK_COLUMNS, "robust_inversion_share")
 
 # The papers' headline numbers on MNIST 28x28, printed beside ours (not like for like)
 KONG_TABLE_I = {"kong-data": "invalidity 8.0 ± 2.2e-5, IS 7.20", "kong-validity": "invalidity 6.4 ± 0.8e-5, IS 7.19",
@@ -131,7 +138,10 @@ ROWS: tuple[Row, ...] = (
     Row("feedback-vae", "feedback", "VAE, marks", "marks", "thickness ratio 0.0947 → 0.0097, FID 23.4 → 23.7",
         vae=True),
 )
-ROW_NAMES = tuple(r.name for r in ROWS)
+# --robust: Kong's rows again with latent adversarial training (methods/robust.py)
+ROBUST_ROWS: tuple[Row, ...] = tuple(
+    Row(f"{m}-robust", m, "ours, robust", sets, KONG_TABLE_I[m], {"robust": True}) for m, sets in KONG)
+ROW_NAMES = tuple(r.name for r in ROWS + ROBUST_ROWS)
 
 
 def task_of(row: Row, domain: str) -> str:
@@ -176,6 +186,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", type=row_names, default=None, metavar="ROW,ROW",
                         help=f"comma-separated rows to run (default: all on digits, one per method elsewhere; "
                              f"known: {','.join(ROW_NAMES)})")
+    parser.add_argument("--robust", action="store_true",
+                        help="also run each selected Kong row with hyperparameters {robust: true}")
     parser.add_argument("--home", type=Path, default=None,
                         help="LETHE_HOME to use (default: a temporary folder, removed afterwards); what it lacks "
                              "of the domain is bootstrapped, what it has is reused with its recorded pre-training")
@@ -191,6 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.methods is None:
         args.methods = [r.name for r in ROWS if r.everywhere or args.domain == "digits"]
+    if args.robust:
+        args.methods += [f"{m}-robust" for m in args.methods if f"{m}-robust" in ROW_NAMES]
     if args.forget is None:
         args.forget = DEFAULT_FORGET.get(args.domain, "0")
     if args.seeds < 1:
@@ -240,6 +254,7 @@ class Target:
     threshold: float | None = None  # slant
     paper: str = ""  # the papers' numbers for the parent
     before: dict[str, Any] = field(default_factory=dict)
+    attacks: ClassAttack | None = None  # the worst-case columns of a class task (bench/attacks.py)
 
     def judge(self, generator, n: int, seed: int, filtered: bool = False) -> dict[str, Any]:
         from unlearning.evaluation import judge
@@ -283,7 +298,8 @@ def class_target(registry, domain, parent, sets, device) -> Target:
     marks = simulated_marks(generator, lambda x: domain.guide(x).argmax(1) == label, device)
     reference = domain.reference(domain.train.images[domain.train.labels != label])
     return Target("class", parent, pretraining_record(parent), domain, sets.omega, sets.judged, reference,
-                  f"training images other than {domain.labels[label]!r}", {label}, marks)
+                  f"training images other than {domain.labels[label]!r}", {label}, marks,
+                  attacks=ClassAttack(registry, domain, [class_rule(domain, label)]))
 
 
 def slant_target(registry, domain, parent, device) -> Target:
@@ -378,6 +394,8 @@ def one_run(row: Row, seed: int, *, registry, target: Target, forget: int, uploa
         "attack_worst_case": attack.get("worst_case"),
         "attack_random_invalidity": attack.get("random_invalidity"),
         "parent_attack_worst_case": parent_attack.get("worst_case"),
+        **attack_columns(target.attacks, candidate, outcome),
+        "robust_inversion_share": (stats.get("robust") or {}).get("inversion_share"),
         # the epoch whose weights were returned: the library's choice, else the last one run
         "selected_epoch": stats.get("selected_epoch", stats.get("epochs_run")),
         "epochs_run": stats.get("epochs_run"),
@@ -434,7 +452,8 @@ def base_row(target: Target) -> dict[str, Any]:
            "wall_time_ratio": single(1.0 if target.pretraining else None),
            "iteration_ratio": single(1.0 if target.pretraining else None),
            "filtered_fid": finite(filtered), "filtered_kept": before.get("filtered_kept"),
-           "marked": len(target.marks["marked"]["indices"])}
+           "marked": len(target.marks["marked"]["indices"]),
+           **{key: single(before.get(key)) for key in ATTACK_COLUMNS if key in before}}
     if target.threshold is not None:
         row["slant_threshold"] = target.threshold
     return row
@@ -475,7 +494,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     builtin = BUILTIN_DOMAINS.get(args.domain)
     models = {False: builtin.default_model if builtin else args.domain,
               True: next((m.model for m in builtin.models if m.family == "vae"), None) if builtin else None}
-    rows = [r for r in ROWS if r.name in args.methods and models[r.vae] is not None]
+    rows = [r for r in ROWS + ROBUST_ROWS if r.name in args.methods and models[r.vae] is not None]
     skipped = [name for name in args.methods if name not in {r.name for r in rows}]
     if skipped:
         log(f"skipped: {', '.join(skipped)} (domain {args.domain!r} has no VAE)")
@@ -507,6 +526,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                       else class_target(registry, domain, parent, forgotten, device))
             generator = registry.load_generator(parent.version).to(device)
             b = target.before = target.judge(generator, args.eval_samples, args.eval_seed, filtered=True)
+            if target.attacks is not None:
+                b.update(target.attacks.columns(generator))
             target.paper = BASE_PAPER["vae" if model == models[True] else task]
             targets[task, model] = target
             pictures.setdefault(parent.version, [("base", grid_samples(generator, PICTURE_SAMPLES))])
@@ -525,7 +546,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "settings": {
                     "domain": args.domain, "image_shape": list(domain.image_shape),
                     "forget": {"index": label, "name": domain.labels[label]},
-                    "seeds": args.seeds, "quick": args.quick, "eval_samples": args.eval_samples,
+                    "seeds": args.seeds, "quick": args.quick, "robust": args.robust, "eval_samples": args.eval_samples,
                     "eval_seed": args.eval_seed, "rows": [r.name for r in rows], "paper_defaults": PAPER_DEFAULTS,
                     "guide": domain.guide_name, "judge": domain.judge_name, "extractor": domain.extractor_name,
                     "marks": {"seed": MARK_SEED, "n": MARK_N,
@@ -533,7 +554,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                               "slant": f"the samples at or above the top decile of the parent's slant on "
                                        f"{THRESHOLD_N} samples of seed {THRESHOLD_SEED}"},
                     "pul": "100 * (parent - candidate) / parent of the judge's invalidity (slant: of invalidity)",
-                    "attack": "outcome.after['attack'] of the job, judged by the spec's own checks",
+                    "attack": "class task: bench/attacks.py on every model, judged by the judge; slant task: "
+                              "outcome.after['attack'] of the job",
                     "wall_time_ratio": "training phase of the job / the parent's pre-training wall time"},
                 "built": built,
                 "skipped": skipped,
@@ -629,6 +651,9 @@ def markdown(doc: dict[str, Any]) -> str:
                 lines.append(f"| base, filtered | rejection sampling | {by} | - | - | {row['filtered_fid']:.2f} | 1 "
                              "| - | - | - |")
         lines.append("")
+        worst = worst_case_table(rows)
+        if worst:
+            lines += [f"**Worst case: {title[0].lower() + title[1:]}**", "", *worst, ""]
     pre = "; ".join(f"{v}: {p['epochs']} epochs, " + (f"{p['iterations']} iterations, " if p["iterations"] else "")
                     + f"{p['wall_time_s']:.0f} s on {p['device']}"
                     for v, p in doc["pretraining_by_parent"].items() if p)
@@ -641,8 +666,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"`{settings['extractor']}` features); the filtered parent keeps the samples the judge does not call "
         f"{forgotten!r}. PUL = 100 (parent - after) / parent (Tiwary et al. eq. 8). "
         + (marks_note(doc, forgotten) if any(r["method"] == "feedback" for r in doc["rows"]) else "")
-        + "Attack: worst case of the job's latent attack (gradient ascent and truncation), by the spec's own checks, "
-        f"parent in brackets. Wall-time ratio = training phase of the redaction job / the parent's pre-training "
+        + "Attack: worst case of the job's own attacks (gradient ascent, truncation, inversion), judged by the "
+        f"judge (for feedback, nearest neighbour among the marks in the judge's features), parent in brackets. "
+        f"Worst-case tables: {WORST_CASE_NOTE} Wall-time ratio = training phase of the redaction job / the parent's pre-training "
         f"({pre}). Gates and hyperparameters: the library's defaults"
         + (" (--quick: tiny budgets)" if settings["quick"] else "") + f". {m['device']}, {m['torch_threads']} "
         f"threads, torch {m['torch']}, {m['platform']}, {doc['date'][:10]}.",

@@ -5,7 +5,8 @@ Generators: ``invalidity`` (the spec's own checks: what the method optimised),
 method sees; present when the spec names the guide), ``fid_ratio`` (and ``fid_increase``
 when asked; the judge's features, against the parent filtered by the judge),
 ``class_balance`` (the judge's classes),
-optionally ``attack_invalidity``, and ONNX parity. Image-to-image models: retain and forget
+optionally ``attack_invalidity`` (the worst of the gradient and inversion attacks, judged
+by the judge), and ONNX parity. Image-to-image models: retain and forget
 FID ratios, and parity.
 """
 
@@ -102,12 +103,16 @@ def generator_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, A
                       limit=g.min_class_share_ratio, passed=ratio >= g.min_class_share_ratio,
                       detail=f"smallest retained-class share ratio by {after['judged_by']['class_shares']}; "
                              f"forgotten classes {sorted(excluded)}"))
-    if g.max_attack_invalidity is not None:
-        worst = after["attack"]["worst_case"]
+    if g.max_attack_invalidity is not None:  # the worst of the attacks (jobs/attacks.py)
+        attack = after["attack"]
+        worst = attack["worst_case"]
+        inversion = attack.get("inversion") or {}
+        inverted = (f", inversion of {inversion['targets']} real examples"
+                    if inversion.get("attack_invalidity") is not None else "")
         gates.append(Gate(name="attack_invalidity", value=worst, limit=g.max_attack_invalidity,
                           passed=worst <= g.max_attack_invalidity,
-                          detail=f"worst case of latent gradient ascent from {after['attack']['starts']} starts "
-                                 "and truncation extremes"))
+                          detail=f"worst of latent gradient ascent from {attack['starts']} starts, truncation "
+                                 f"extremes{inverted}; judged by {attack.get('judged_by', 'the spec checks')}"))
     gates.append(Gate(name="onnx_parity", value=parity, limit=PARITY_LIMIT, passed=parity <= PARITY_LIMIT,
                       detail="max abs difference, PyTorch vs ONNX Runtime, 256 latents"))
     return gates

@@ -429,6 +429,9 @@ class Gates(_Strict):
     max_attack_invalidity: _Probability | None = Field(None, ge=0.0, le=1.0)
     attack_starts: int = Field(256, ge=0, le=100_000,
                                description="random latents the worst-case attack climbs from (0: no attack)")
+    inversion_targets: int = Field(32, ge=0, le=10_000,
+                                   description="real examples of what was forgotten the inversion attack tries to "
+                                               "reproduce (0: no inversion)")
     min_class_share_ratio: _Probability = Field(
         0.5,
         ge=0.0,
