@@ -1,48 +1,58 @@
-"""Benchmark: every method on the embedded digits default, side by side with the papers.
+"""Benchmark: every generator method on a domain, side by side with the papers' MNIST numbers.
 
 One run does everything, so every ratio compares numbers measured on the same machine:
 
-1. bootstrap a fresh LETHE_HOME (the digit classifier and the base DCGAN, 200 epochs);
-   the base version's manifest records the pre-training wall time and iterations;
+1. bootstrap ``--domain`` (default digits) in ``--home`` (default: a fresh temporary one):
+   its guide and judge, its default DCGAN and, when a row needs it, its VAE (a domain the
+   home registered with ``lethe domain add`` has a DCGAN named after it and no VAE: its
+   VAE rows are skipped). What the home already has is kept; each base version's manifest
+   records its pre-training wall time and iterations;
 2. run every row (``--methods``) for each seed through the job path
-   (:func:`unlearning.jobs.run_redaction`, the one the CLI and the service use):
+   (:func:`unlearning.jobs.run_redaction`, the one the CLI and the service use), with the
+   library's defaults (hyperparameters and gate limits) unless the row says otherwise:
 
-   * forget digit 0 (Kong & Chaudhuri Table I): Alg. 1 ``kong-data``, Alg. 2
-     ``kong-validity``, Alg. 3 ``kong-classifier``, each as ``ours`` (the library
-     defaults) and ``paper-defaults`` (lam 0.85, 8 epochs, no EMA, no checkpoint
-     selection); Adapt-then-Unlearn (Tiwary et al.) with each repulsion (``atu-el2``,
-     ``atu-il2``, ``atu-nl2``) and its ``param-extrapolation`` baseline, split by the
-     same "classifier says 0" rule;
-   * forget "leans left" from a person's marks (Moon et al.), ``feedback-dcgan`` on the
-     base DCGAN and ``feedback-vae`` on the active ``digits-vae`` version when the
-     registry has one (skipped otherwise). Marks are simulated from an independent pixel
-     measure the method never sees: the samples of seed 31 (n 1024) whose slant reaches
-     the parent's top decile;
-3. judge every candidate, and its parent, with the benchmark's own judge on the same
-   ``--eval-samples`` latents (``--eval-seed``, not the gates' seed): digit-0 rows by
-   invalidity = share of samples the digit classifier calls 0, with FID against the
-   training digits other than 0; feedback rows by the target ratio = share of samples
-   whose slant reaches the threshold, with FID against the training digits below it. IS
-   from the digit classifier, FID on classifier features. The parent filtered by the same
-   check (rejection sampling) gives the reference FID. PUL = 100 (parent - candidate) /
-   parent of that share (Tiwary et al. eq. 8). The worst case of the latent attack is the
-   job's own (``outcome.after["attack"]``): judged by the spec's checks (for feedback the
-   marks' nearest-neighbour judge), not by the benchmark's.
+   * forget one class (``--forget``, a label name or index; default: class 0, the digit
+     0 on digits): Kong & Chaudhuri's Alg. 1 ``kong-data`` (the class's training images
+     uploaded), Alg. 2 ``kong-validity``, Alg. 3 ``kong-classifier``, and on digits
+     also with the paper's settings (``kong-*-paper``: lam 0.85, 8 epochs, no EMA, no
+     checkpoint selection); Adapt-then-Unlearn (Tiwary et al.) with its default repulsion
+     ``atu-el2`` (on digits also ``atu-il2``, ``atu-nl2``) and its ``param-extrapolation``
+     baseline. Their sets name the domain's guide;
+   * from a person's marks (Moon et al.), ``feedback-dcgan`` on the DCGAN and
+     ``feedback-vae`` on the VAE. The marks are simulated on the samples of seed 31
+     (n 1024): on digits, those whose pixel slant reaches the parent's top decile (forget
+     "leans left"); on other domains, those the guide calls the forgotten class;
+3. judge every candidate, and its parent, on the same ``--eval-samples`` latents
+   (``--eval-seed``, not the gates' seed) with :func:`unlearning.evaluation.judge`:
+   invalidity by the guide (what the methods trained against) and by the domain's judge
+   (trained apart; no method sees it), IS and class shares by the judge, FID in the
+   judge's features against the training images of the other classes. The parent
+   filtered by the judge (rejection sampling) gives the reference FID. PUL = 100 (parent
+   - candidate) / parent of the judge's invalidity (Tiwary et al. eq. 8). The slant task
+   has no classifier: its invalidity is the share of samples at or above the slant
+   threshold, judged by that pixel measure, which no method sees either. The attack
+   columns: on a class task, every model is attacked the same way whatever its spec
+   (``bench/attacks.py``: gradient ascent on the guide and inversion of held-out images,
+   judged by the judge); on the slant task, the job's own attacks. ``--robust`` adds Kong's
+   rows again with latent adversarial training (``hyperparameters: {robust: true}``).
 
 Wall time is reported as a ratio of the parent's pre-training wall time (the paper reports
 redaction cost relative to pre-training): ``wall_time_ratio`` uses the training phase of
 the job (from the start of training to the start of the gates, per-epoch monitoring
 included), ``job_wall_time_ratio`` the whole job (loading, gates on ``--eval-samples``
 samples twice, attack, ONNX export, registry). ``iteration_ratio`` is mini-batch
-iterations over pre-training's (pre-training runs K_G = 5 generator steps per iteration,
-redaction 1).
+iterations over pre-training's.
+
+With ``--output FILE.json``, ``FILE-<parent version>.png`` beside it shows, for each
+parent, its samples and each row's first-seed candidate on the same latents (one line
+each, in the order the document's ``pictures`` lists).
 
 Prints ONE JSON document on stdout (``--markdown``: Markdown tables instead); progress
 goes to stderr. ``--render FILE`` turns a saved JSON document into the Markdown tables.
 
-    .venv/bin/python bench/redaction.py --output bench-redaction.json          # full (many hours on CPU)
-    .venv/bin/python bench/redaction.py --quick --eval-samples 5000 --methods atu-el2,feedback-dcgan
-    .venv/bin/python bench/redaction.py --render bench-redaction.json          # README tables
+    .venv/bin/python bench/redaction.py --output bench/results/redaction.json                 # digits
+    .venv/bin/python bench/redaction.py --quick --seeds 1 --eval-samples 2000 --methods kong-validity
+    .venv/bin/python bench/redaction.py --render bench/results/redaction.json                 # README tables
 """
 
 from __future__ import annotations
@@ -64,69 +74,79 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attacks import (  # noqa: E402
+    COLUMNS as ATTACK_COLUMNS, WORST_CASE_NOTE, ClassAttack, attack_columns, worst_case_table,
+)
 from common import finite, log, write_json  # noqa: E402
 
-PAPER_DEFAULTS = {"lam": 0.85, "epochs": 8, "ema_decay": None, "select_best": False, "patience": None}
-ZERO_RULE = {"kind": "validity", "rule": {"type": "classifier_label", "classifier": "digits", "labels": [0]}}
-FORGOTTEN = 0
 EVAL_SEED = 4242  # not jobs.GATE_SEED: the benchmark judges on latents the job never saw
-MAX_INVALIDITY = 0.005  # Kong rows: the paper's 8-epoch invalidity is ~1e-4
-ATU_MAX_INVALIDITY = 0.01  # as the Adapt-then-Unlearn tests
-FEEDBACK_MAX_INVALIDITY = 0.05  # as the feedback tests: the marks' judge is coarse
-# The marks, as tests/test_feedback.py simulates them: the threshold is the top decile of
-# the parent's slant on THRESHOLD_N samples of THRESHOLD_SEED; the person sees MARK_N
-# samples of MARK_SEED and marks those at or above it.
+DEFAULT_FORGET = {"digits": "0"}  # --forget's default; class 0 on any other domain
+FORGET_FILE = "forget.npz"  # kong-data's upload: the forgotten class's training images
+PAPER_DEFAULTS = {"lam": 0.85, "epochs": 8, "ema_decay": None, "select_best": False, "patience": None}
+# --quick: a smoke run's budget per method, over the row's own hyperparameters
+QUICK_KONG = {"epochs": 1, "epoch_images": 1024, "monitor_samples": 500}
+QUICK_ATU = {"adapt_epochs": 1, "epochs": 1, "generated_samples": 1000, "monitor_samples": 500}
+QUICK = {"kong-data": QUICK_KONG, "kong-validity": QUICK_KONG, "kong-classifier": QUICK_KONG,
+         "adapt-then-unlearn": QUICK_ATU, "param-extrapolation": QUICK_ATU,
+         "feedback": {"steps": 50, "check_every": 25, "monitor_samples": 500}}
+# The marks, as tests/test_feedback.py simulates them: the person sees MARK_N samples of
+# MARK_SEED; on digits the slant threshold is the top decile of the parent's slant on
+# THRESHOLD_N samples of THRESHOLD_SEED.
 MARK_SEED, MARK_N = 31, 1024
 THRESHOLD_SEED, THRESHOLD_N = 99, 10_000
-VAE_MODEL = "digits-vae"
-SKIPPED_VAE = "skipped: no digits-vae model"
-SUMMARY_KEYS = ("invalidity", "target_ratio", "pul", "inception_score", "fid", "fid_over_filtered_base",
-                "min_retained_share_ratio", "attack_worst_case", "attack_invalidity", "parent_attack_worst_case",
-                "wall_time_ratio", "job_wall_time_ratio", "iteration_ratio", "selected_epoch", "epochs_run")
+PICTURE_SAMPLES = 16  # per line of the before/after picture
+SUMMARY_KEYS = ("invalidity", "judge_invalidity", "pul", "inception_score", "fid", "fid_over_filtered_base",
+                "min_retained_share_ratio", "attack_worst_case", "parent_attack_worst_case", "wall_time_ratio",
+                "job_wall_time_ratio", "iteration_ratio", "selected_epoch", "epochs_run",
+                *ATTACK_COLUMNS, "robust_inversion_share")
 
-KONG_TABLE_I = {"kong-data": "8.0 ± 2.2e-5, IS 7.20", "kong-validity": "6.4 ± 0.8e-5, IS 7.19",
-                "kong-classifier": "5.2 ± 3.7e-5, IS 7.16"}
+# The papers' headline numbers on MNIST 28x28, printed beside ours (not like for like)
+KONG_TABLE_I = {"kong-data": "invalidity 8.0 ± 2.2e-5, IS 7.20", "kong-validity": "invalidity 6.4 ± 0.8e-5, IS 7.19",
+                "kong-classifier": "invalidity 5.2 ± 3.7e-5, IS 7.16"}
 ATU_PAPER = "PUL 95-99 %, FID 9-10 (pre-trained 5.4)"
+BASE_PAPER = {"class": "invalidity 1.1e-1, IS 7.82", "slant": "thickness ratio 0.091, FID 2.3",
+              "vae": "thickness ratio 0.0947, FID 23.4"}  # "vae": Moon et al.'s VAE, whatever the task
 
 
 @dataclass(frozen=True)
 class Row:
-    """One row of the table: a spec run once per seed. ``sets`` None = the simulated marks."""
+    """One row of the table: a spec run once per seed."""
 
     name: str  # what --methods selects
     method: str
     variant: str
-    task: str  # "zero" (forget digit 0) or "feedback" (forget leaning left)
-    max_invalidity: float
-    paper: str  # the paper's headline, printed beside ours
-    sets: list[dict[str, Any]] | None = None
+    sets: str  # what the spec forgets by: "data", "validity", "classifier" or "marks"
+    paper: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
-    model: str = "digits"  # the registry model whose active version is the parent
+    vae: bool = False  # the parent is the domain's VAE, not its DCGAN
+    everywhere: bool = True  # False: a variant run by default on digits only
+    slant_hyperparameters: dict[str, Any] = field(default_factory=dict)  # on digits' slant task only
 
 
+KONG = (("kong-data", "data"), ("kong-validity", "validity"), ("kong-classifier", "classifier"))
 ROWS: tuple[Row, ...] = (
-    *(Row(m, m, "ours", "zero", MAX_INVALIDITY, f"invalidity {KONG_TABLE_I[m]}", sets) for m, sets in (
-        ("kong-data", [{"kind": "data", "files": ["zeros.npz"]}]),
-        ("kong-validity", [ZERO_RULE]),
-        ("kong-classifier", [{"kind": "classifier", "classifier": "digits",
-                              "score": {"type": "one_minus_prob", "label": 0}, "tau": 0.5}]))),
-    *(Row(f"atu-{r}", "adapt-then-unlearn", f"{r.upper()} repulsion", "zero", ATU_MAX_INVALIDITY, ATU_PAPER,
-          [ZERO_RULE], {"repulsion": r}) for r in ("el2", "il2", "nl2")),
-    Row("param-extrapolation", "param-extrapolation", "ours", "zero", ATU_MAX_INVALIDITY,
-        "PUL 91-95 %, FID 18-46 (Table 1, digits 1/4/8)", [ZERO_RULE]),
-    # the DCGAN's latent direction separates the feature weakly: boundary 0 (feedback.py)
-    Row("feedback-dcgan", "feedback", "DCGAN, marks, boundary 0", "feedback", FEEDBACK_MAX_INVALIDITY,
-        "thickness ratio 0.091 → 0.0135, FID 2.3 → 3.4", hyperparameters={"boundary": 0.0}),
-    Row("feedback-vae", "feedback", "VAE, marks", "feedback", FEEDBACK_MAX_INVALIDITY,
-        "thickness ratio 0.0947 → 0.0097, FID 23.4 → 23.7", model=VAE_MODEL),
+    *(Row(m, m, "ours", sets, KONG_TABLE_I[m]) for m, sets in KONG),
+    *(Row(f"{m}-paper", m, "paper-defaults", sets, KONG_TABLE_I[m], PAPER_DEFAULTS, everywhere=False)
+      for m, sets in KONG),
+    *(Row(f"atu-{r}", "adapt-then-unlearn", f"{r.upper()} repulsion", "validity", ATU_PAPER, {"repulsion": r},
+          everywhere=r == "el2") for r in ("el2", "il2", "nl2")),
+    Row("param-extrapolation", "param-extrapolation", "ours", "validity",
+        "PUL 91-95 %, FID 18-46 (Table 1, digits 1/4/8)"),
+    # the digit DCGAN's latent direction separates slant weakly: boundary 0 (feedback.py)
+    Row("feedback-dcgan", "feedback", "DCGAN, marks", "marks", "thickness ratio 0.091 → 0.0135, FID 2.3 → 3.4",
+        slant_hyperparameters={"boundary": 0.0}),
+    Row("feedback-vae", "feedback", "VAE, marks", "marks", "thickness ratio 0.0947 → 0.0097, FID 23.4 → 23.7",
+        vae=True),
 )
-ROW_NAMES = tuple(dict.fromkeys(r.name for r in ROWS))
-# Kong's Table I settings, as a second variant of each Kong row (not with --quick)
-PAPER_ROWS = tuple(Row(r.name, r.method, "paper-defaults", r.task, r.max_invalidity, r.paper, r.sets,
-                       PAPER_DEFAULTS) for r in ROWS if r.method.startswith("kong-"))
-MEASURES = {"zero": "invalidity", "feedback": "target_ratio"}
-BASE_PAPER = {("zero", "digits"): "invalidity 1.1e-1, IS 7.82", ("feedback", "digits"): "thickness ratio 0.091, FID 2.3",
-              ("feedback", VAE_MODEL): "thickness ratio 0.0947, FID 23.4"}
+# --robust: Kong's rows again with latent adversarial training (methods/robust.py)
+ROBUST_ROWS: tuple[Row, ...] = tuple(
+    Row(f"{m}-robust", m, "ours, robust", sets, KONG_TABLE_I[m], {"robust": True}) for m, sets in KONG)
+ROW_NAMES = tuple(r.name for r in ROWS + ROBUST_ROWS)
+
+
+def task_of(row: Row, domain: str) -> str:
+    """What a row forgets: a class, or on digits (marks rows) the left-leaning samples."""
+    return "slant" if row.sets == "marks" and domain == "digits" else "class"
 
 
 def mean_se(values: list[Any]) -> dict[str, Any]:
@@ -153,27 +173,40 @@ def row_names(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=None, help="redaction seeds per row (default 5; 2 with --quick)")
+    parser.add_argument("--domain", default="digits",
+                        help="a built-in domain, or one the --home registered with `lethe domain add` (default digits)")
+    parser.add_argument("--forget", default=None, metavar="LABEL",
+                        help="the class to forget, by name or index (default: class 0, the digit 0 on digits)")
+    parser.add_argument("--seeds", type=int, default=3, help="redaction seeds per row (default 3)")
     parser.add_argument("--eval-samples", type=int, default=10_000,
-                        help="samples for the gates and for the benchmark's own judge (default 10000)")
-    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="latent seed of the benchmark's judge")
-    parser.add_argument("--quick", action="store_true", help="2 seeds, no paper-default rows (smoke run)")
-    parser.add_argument("--methods", type=row_names, default=list(ROW_NAMES), metavar="ROW,ROW",
-                        help=f"comma-separated rows to run (default all: {','.join(ROW_NAMES)})")
+                        help="samples for the gates and for the benchmark's judging (default 10000)")
+    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="latent seed of the benchmark's judging")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: each method on a tiny budget (one epoch, a few steps)")
+    parser.add_argument("--methods", type=row_names, default=None, metavar="ROW,ROW",
+                        help=f"comma-separated rows to run (default: all on digits, one per method elsewhere; "
+                             f"known: {','.join(ROW_NAMES)})")
+    parser.add_argument("--robust", action="store_true",
+                        help="also run each selected Kong row with hyperparameters {robust: true}")
     parser.add_argument("--home", type=Path, default=None,
-                        help="LETHE_HOME to bootstrap and use (default: a temporary folder, removed afterwards); "
-                             "an already bootstrapped home is reused and its recorded pre-training time is used")
+                        help="LETHE_HOME to use (default: a temporary folder, removed afterwards); what it lacks "
+                             "of the domain is bootstrapped, what it has is reused with its recorded pre-training")
     parser.add_argument("--pretrain-epochs", type=int, default=None,
-                        help="override the base pre-training epochs (default: the library's 200; for debugging)")
+                        help="override the base models' pre-training epochs (default: the domain's schedule)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--device", default=None, help="torch device (default: unlearning.runtime.pick_device)")
-    parser.add_argument("--output", type=Path, default=None, help="also write the JSON document to this file")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="also write the JSON document to this file, and the pictures beside it")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables instead of JSON")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
                         help="print the Markdown tables of a saved JSON document and exit (runs nothing)")
     args = parser.parse_args(argv)
-    if args.seeds is None:
-        args.seeds = 2 if args.quick else 5
+    if args.methods is None:
+        args.methods = [r.name for r in ROWS if r.everywhere or args.domain == "digits"]
+    if args.robust:
+        args.methods += [f"{m}-robust" for m in args.methods if f"{m}-robust" in ROW_NAMES]
+    if args.forget is None:
+        args.forget = DEFAULT_FORGET.get(args.domain, "0")
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     if args.eval_samples < 100:
@@ -204,100 +237,115 @@ def pretraining_record(manifest) -> dict[str, Any] | None:
 
 @dataclass
 class Target:
-    """What rows of one task on one parent are judged with: the benchmark's own check, the
-    FID reference (and what it is), and the parent's numbers on the judge's latents."""
+    """How the rows of one task on one parent are judged, every seed alike: Omega by the
+    guide (slant: by the pixel measure) and its mirror by the judge, the FID reference,
+    the simulated marks, and the parent's own numbers on the judging latents."""
 
     task: str
     parent: Any  # VersionManifest
     pretraining: dict[str, Any] | None
     domain: Any  # unlearning.evaluation.Domain
-    omega: Any  # RedactionSet: the judge's check
+    omega: Any  # RedactionSet
+    judged: Any  # RedactionSet | None: omega asked of the judge
     reference: Any  # FeatureStats
     reference_name: str
     excluded: set[int]  # classes the class-balance ratio leaves out
-    before: dict[str, Any]
-    sets: list[dict[str, Any]] | None = None  # the simulated marks (feedback)
-    threshold: float | None = None
+    marks: dict[str, Any]  # the feedback set a person would send
+    threshold: float | None = None  # slant
+    paper: str = ""  # the papers' numbers for the parent
+    before: dict[str, Any] = field(default_factory=dict)
+    attacks: ClassAttack | None = None  # the worst-case columns of a class task (bench/attacks.py)
 
     def judge(self, generator, n: int, seed: int, filtered: bool = False) -> dict[str, Any]:
         from unlearning.evaluation import judge
 
-        return judge(generator, self.domain, n=n, seed=seed, omega=self.omega, reference=self.reference,
-                     filtered=filtered)
+        return judge(generator, self.domain, n=n, seed=seed, omega=self.omega, judged=self.judged,
+                     reference=self.reference, filtered=filtered)
 
 
-def zero_target(registry, base, pretraining: dict[str, Any] | None, device, n: int, seed: int) -> Target:
-    """Omega = 'classifier says 0', reference = training digits other than 0."""
-    from unlearning.evaluation import load_domain
-    from unlearning.jobs import prepare_redaction_set
-    from unlearning.spec import load_spec
-
-    domain = load_domain(registry, base, device=device)
-    zeros = prepare_redaction_set(load_spec({"name": "bench-judge", "sets": [ZERO_RULE]}), registry, domain, None)
-    reference = domain.reference(domain.train.images[domain.train.labels != FORGOTTEN])
-    target = Target("zero", base, pretraining, domain, zeros, reference, f"training digits other than {FORGOTTEN}",
-                    {FORGOTTEN}, {})
-    target.before = target.judge(registry.load_generator(base.version).to(device), n, seed, filtered=True)
-    return target
-
-
-def slant_threshold(generator, device) -> float:
-    """The top decile of the generator's slant: what 'leans left' means for its marks."""
+def simulated_marks(generator, marked, device) -> dict[str, Any]:
+    """A person's marks on the MARK_N samples of MARK_SEED: those ``marked`` picks."""
     import torch
 
-    from unlearning.metrics.features import slant
-    from unlearning.runtime import latents
-
-    with torch.no_grad():
-        z = latents(THRESHOLD_N, generator.latent_dim, THRESHOLD_SEED).to(device)
-        return float(slant(generator.eval()(z)).quantile(0.9))
-
-
-def simulated_marks(generator, threshold: float, device) -> dict[str, Any]:
-    """A person's marks on the MARK_N samples of MARK_SEED: those whose slant reaches ``threshold``."""
-    import torch
-
-    from unlearning.metrics.features import slant
     from unlearning.runtime import latents
 
     with torch.no_grad():
         images = generator.eval()(latents(MARK_N, generator.latent_dim, MARK_SEED).to(device))
-    indices = (slant(images) >= threshold).nonzero().flatten().tolist()
+        indices = marked(images).nonzero().flatten().tolist()
     return {"kind": "feedback", "marked": {"seed": MARK_SEED, "n": MARK_N, "indices": indices}}
 
 
-def feedback_target(registry, parent, pretraining: dict[str, Any] | None, device, n: int, seed: int) -> Target:
-    """Omega = 'slant reaches the parent's top decile' (the judge the method never sees),
-    reference = training digits below it, and the marks simulated from it."""
-    from unlearning.evaluation import load_domain
+def class_rule(domain, forget: int | str) -> dict[str, Any]:
+    return {"kind": "validity", "rule": {"type": "classifier_label", "classifier": domain.guide_name,
+                                         "labels": [forget]}}
+
+
+def class_sets(registry, domain, forget: int | str):
+    """Omega = 'the guide says ``forget``' and its mirror 'the judge says it' (PreparedSets);
+    the label, named or numbered as in a spec, is checked against the guide's labels."""
+    from unlearning.jobs import prepare_redaction_set
+    from unlearning.spec import load_spec
+
+    spec = load_spec({"name": "bench-judge", "sets": [class_rule(domain, forget)]})
+    return prepare_redaction_set(spec, registry, domain, None)
+
+
+def class_target(registry, domain, parent, sets, device) -> Target:
+    """Judged by ``sets`` (:func:`class_sets`); reference = the training images of the other
+    classes; marks = the samples the guide calls the forgotten class."""
+    label = sets.spec.sets[0].rule.labels[0]
+    generator = registry.load_generator(parent.version).to(device)
+    marks = simulated_marks(generator, lambda x: domain.guide(x).argmax(1) == label, device)
+    reference = domain.reference(domain.train.images[domain.train.labels != label])
+    return Target("class", parent, pretraining_record(parent), domain, sets.omega, sets.judged, reference,
+                  f"training images other than {domain.labels[label]!r}", {label}, marks,
+                  attacks=ClassAttack(registry, domain, [class_rule(domain, label)]))
+
+
+def slant_target(registry, domain, parent, device) -> Target:
+    """Omega = 'slant reaches the parent's top decile' (a pixel measure no method sees),
+    reference = training digits below it, marks = the samples at or above it."""
+    import torch
+
     from unlearning.metrics.features import slant
+    from unlearning.runtime import latents
     from unlearning.spec.checks import RedactionSet
 
-    domain = load_domain(registry, parent, device=device)
     generator = registry.load_generator(parent.version).to(device)
-    threshold = slant_threshold(generator, device)
+    with torch.no_grad():
+        z = latents(THRESHOLD_N, generator.latent_dim, THRESHOLD_SEED).to(device)
+        threshold = float(slant(generator.eval()(z)).quantile(0.9))
     leaning = RedactionSet(validity_checks=[lambda x: slant(x) >= threshold])
     train = domain.train.images
-    reference = domain.reference(train[slant(train) < threshold])
-    target = Target("feedback", parent, pretraining, domain, leaning, reference,
-                    f"training digits with slant < {threshold:.3f}", set(), {},
-                    [simulated_marks(generator, threshold, device)], threshold)
-    target.before = target.judge(generator, n, seed, filtered=True)
-    return target
+    return Target("slant", parent, pretraining_record(parent), domain, leaning, None,
+                  domain.reference(train[slant(train) < threshold]), f"training digits with slant < {threshold:.3f}",
+                  set(), simulated_marks(generator, lambda x: slant(x) >= threshold, device), threshold)
 
 
-def one_run(row: Row, seed: int, *, registry, target: Target, uploads: Path, args: argparse.Namespace,
-            device) -> dict[str, Any]:
+def spec_sets(row: Row, target: Target, forget: int) -> list[dict[str, Any]]:
+    guide = target.domain.guide_name
+    return {
+        "data": [{"kind": "data", "files": [FORGET_FILE]}],
+        "validity": [class_rule(target.domain, forget)],
+        "classifier": [{"kind": "classifier", "classifier": guide,
+                        "score": {"type": "one_minus_prob", "label": forget}, "tau": 0.5}],
+        "marks": [target.marks],
+    }[row.sets]
+
+
+def one_run(row: Row, seed: int, *, registry, target: Target, forget: int, uploads: Path,
+            args: argparse.Namespace, device) -> tuple[dict[str, Any], Any]:
+    """One job and its judging: (the run's record, the candidate generator or None)."""
     from unlearning.jobs import run_redaction
     from unlearning.methods.base import Callbacks
     from unlearning.metrics import min_share_ratio
 
-    hyper: dict[str, Any] = {**row.hyperparameters, "seed": seed}
-    tag = f"{row.name}/{row.variant}/seed {seed}"
-    spec = {"name": re.sub(r"[^a-z0-9]+", "-", f"bench {row.name} {row.variant} s{seed}".lower()),
-            "method": row.method, "sets": row.sets if row.sets is not None else target.sets,
-            "hyperparameters": hyper,
-            "gates": {"max_invalidity": row.max_invalidity, "eval_samples": args.eval_samples}}
+    hyper: dict[str, Any] = {**row.hyperparameters, **(row.slant_hyperparameters if target.task == "slant" else {}),
+                             **(QUICK[row.method] if args.quick else {}), "seed": seed}
+    tag = f"{row.name}/seed {seed}"
+    spec = {"name": re.sub(r"[^a-z0-9]+", "-", f"bench {row.name} s{seed}".lower()), "method": row.method,
+            "sets": spec_sets(row, target, forget), "hyperparameters": hyper,
+            "gates": {"eval_samples": args.eval_samples}}
     marks: dict[str, float] = {}
 
     def progress(fraction: float, info: dict[str, Any]) -> None:
@@ -309,7 +357,7 @@ def one_run(row: Row, seed: int, *, registry, target: Target, uploads: Path, arg
             log(f"  {tag}: {phase}epoch {info['epoch']} invalidity {info['invalidity']:.4g}"
                 + (f" fid {info['fid']:.4g}" if isinstance(info.get("fid"), float) else ""))
 
-    run: dict[str, Any] = {"row": row.name, "method": row.method, "variant": row.variant, "task": row.task,
+    run: dict[str, Any] = {"row": row.name, "method": row.method, "variant": row.variant, "task": target.task,
                            "seed": seed, "parent": target.parent.version, "hyperparameters": hyper}
     started = time.monotonic()
     try:
@@ -319,27 +367,23 @@ def one_run(row: Row, seed: int, *, registry, target: Target, uploads: Path, arg
         run.update(status="error", error=f"{type(exc).__name__}: {exc}", wall_time_s=time.monotonic() - started)
         log(f"  {tag}: ERROR {run['error']}")
         traceback.print_exc(file=sys.stderr)
-        return run
+        return run, None
     job_wall = time.monotonic() - started
-    training_wall = None
-    if "training" in marks and "validating" in marks:
-        training_wall = marks["validating"] - marks["training"]
+    training_wall = marks["validating"] - marks["training"] if {"training", "validating"} <= set(marks) else None
 
     candidate = registry.load_generator(outcome.version).to(device)
-    after = target.judge(candidate, args.eval_samples, args.eval_seed)
-    before = target.before
-    share, base_share = after["invalidity"], before["invalidity"]
+    after, before = target.judge(candidate, args.eval_samples, args.eval_seed), target.before
+    measure = "judge_invalidity" if target.judged is not None else "invalidity"  # what PUL is of
     filtered = before.get("filtered_fid")
     attack, parent_attack = outcome.after.get("attack") or {}, outcome.before.get("attack") or {}
-    pre = target.pretraining
-    stats = outcome.stats
+    pre, stats = target.pretraining, outcome.stats
     run.update({
         "status": outcome.status,
         "reason": outcome.reason,
         "version": outcome.version,
-        MEASURES[row.task]: share,
-        "invalid_count": after["invalid_count"],
-        "pul": 100 * (base_share - share) / base_share if base_share else None,
+        "invalidity": after.get("invalidity"),
+        "judge_invalidity": after.get("judge_invalidity"),
+        "pul": 100 * (before[measure] - after[measure]) / before[measure] if before[measure] else None,
         "inception_score": after["inception_score"],
         "fid": after["fid"],
         "fid_reference": target.reference_name,
@@ -348,74 +392,87 @@ def one_run(row: Row, seed: int, *, registry, target: Target, uploads: Path, arg
         "min_retained_share_ratio": finite(min_share_ratio(before["class_shares"], after["class_shares"],
                                                            target.excluded)),
         "attack_worst_case": attack.get("worst_case"),
-        "attack_invalidity": attack.get("attack_invalidity"),
         "attack_random_invalidity": attack.get("random_invalidity"),
         "parent_attack_worst_case": parent_attack.get("worst_case"),
-        "parent_attack_invalidity": parent_attack.get("attack_invalidity"),
+        **attack_columns(target.attacks, candidate, outcome),
+        "robust_inversion_share": (stats.get("robust") or {}).get("inversion_share"),
         # the epoch whose weights were returned: the library's choice, else the last one run
         "selected_epoch": stats.get("selected_epoch", stats.get("epochs_run")),
         "epochs_run": stats.get("epochs_run"),
         "iterations": stats.get("iterations"),
-        "d_steps": stats.get("d_steps"),
-        "g_steps": stats.get("g_steps"),
-        "pool": stats.get("pool"),
-        "validity_queries": stats.get("validity_queries"),
         "marked": stats.get("marked"),
         "negatives": stats.get("negatives"),
         "redaction_score": {k: finite(v) for k, v in (stats.get("redaction_score") or {}).items()} or None,
         "training_wall_time_s": training_wall,
         "wall_time_s": job_wall,
-        "job_duration_s": outcome.duration_s,
         "wall_time_ratio": training_wall / pre["wall_time_s"] if pre and training_wall is not None else None,
         "job_wall_time_ratio": job_wall / pre["wall_time_s"] if pre else None,
         "iteration_ratio": stats["iterations"] / pre["iterations"]
         if pre and pre.get("iterations") and "iterations" in stats else None,
         "gates": {g.name: {"value": finite(g.value), "limit": g.limit, "passed": g.passed} for g in outcome.gates},
-        "gate_invalidity": outcome.after.get("invalidity"),
         "history": [{k: finite(v) for k, v in h.items() if k in ("stage", "epoch", "step", "invalidity", "fid",
                                                                  "pool", "round_invalid")} for h in outcome.history],
     })
-    log(f"  {tag}: {outcome.status}, {MEASURES[row.task]} {share:.3g} (parent {base_share:.3g}), "
-        f"FID {after['fid']:.4g} ({run['fid_over_filtered_base'] or float('nan'):.3g}x filtered parent), "
-        f"attack worst case {attack.get('worst_case', float('nan')):.3g}, "
-        f"epoch {run['selected_epoch']}/{run['epochs_run']}, training {training_wall or float('nan'):.1f}s, "
-        f"job {job_wall:.1f}s" + (f" ({outcome.reason})" if outcome.reason else ""))
-    return run
+    judge_text = f", judge {run['judge_invalidity']:.3g}" if run["judge_invalidity"] is not None else ""
+    log(f"  {tag}: {outcome.status}, invalidity {run['invalidity']:.3g}{judge_text} (parent "
+        f"{before['invalidity']:.3g}), FID {after['fid']:.4g} ({run['fid_over_filtered_base'] or float('nan'):.3g}x "
+        f"filtered parent), epoch {run['selected_epoch']}/{run['epochs_run']}, training "
+        f"{training_wall or float('nan'):.1f}s, job {job_wall:.1f}s"
+        + (f" ({outcome.reason})" if outcome.reason else ""))
+    return run, candidate
 
 
 def summarise(runs: list[dict[str, Any]], row: Row) -> dict[str, Any]:
-    mine = [r for r in runs if r["row"] == row.name and r["variant"] == row.variant]
+    mine = [r for r in runs if r["row"] == row.name]
     summary: dict[str, Any] = {
-        "row": row.name, "method": row.method, "variant": row.variant, "task": row.task,
-        "measure": MEASURES[row.task], "parent": mine[0]["parent"], "paper": row.paper,
+        "row": row.name, "method": row.method, "variant": row.variant, "task": mine[0]["task"],
+        "parent": mine[0]["parent"], "paper": row.paper,
         "fid_reference": next((r["fid_reference"] for r in mine if "fid_reference" in r), None),
         "seeds": [r["seed"] for r in mine],
         "status": {s: sum(r["status"] == s for r in mine) for s in sorted({r["status"] for r in mine})},
+        "gate_limits": next(({k: g["limit"] for k, g in r["gates"].items()} for r in mine if "gates" in r), None),
     }
     for key in SUMMARY_KEYS:
         summary[key] = mean_se([r.get(key) for r in mine])
     return summary
 
 
-def base_row(target: Target, paper: str) -> dict[str, Any]:
+def base_row(target: Target) -> dict[str, Any]:
     single = lambda x: {"mean": finite(x), "se": None, "n": 1}  # noqa: E731
     before = target.before
     filtered = before.get("filtered_fid")
     row = {"row": "base", "method": "base", "variant": f"no redaction ({target.parent.version})",
-           "task": target.task, "measure": MEASURES[target.task], "parent": target.parent.version,
-           "paper": paper, "fid_reference": target.reference_name, "seeds": [0], "status": {"promoted": 1},
+           "task": target.task, "parent": target.parent.version, "paper": target.paper,
+           "fid_reference": target.reference_name, "seeds": [0], "status": {"promoted": 1},
            **{key: single(None) for key in SUMMARY_KEYS},
-           MEASURES[target.task]: single(before["invalidity"]), "pul": single(0.0),
-           "inception_score": single(before["inception_score"]), "fid": single(before["fid"]),
+           "invalidity": single(before.get("invalidity")), "judge_invalidity": single(before.get("judge_invalidity")),
+           "pul": single(0.0), "inception_score": single(before["inception_score"]), "fid": single(before["fid"]),
            "fid_over_filtered_base": single(before["fid"] / filtered if filtered else None),
            "min_retained_share_ratio": single(1.0),
            "wall_time_ratio": single(1.0 if target.pretraining else None),
            "iteration_ratio": single(1.0 if target.pretraining else None),
-           "filtered_fid": finite(filtered), "filtered_kept": before.get("filtered_kept")}
+           "filtered_fid": finite(filtered), "filtered_kept": before.get("filtered_kept"),
+           "marked": len(target.marks["marked"]["indices"]),
+           **{key: single(before.get(key)) for key in ATTACK_COLUMNS if key in before}}
     if target.threshold is not None:
         row["slant_threshold"] = target.threshold
-        row["marked"] = len(target.sets[0]["marked"]["indices"])
     return row
+
+
+def save_pictures(output: Path, lines: dict[str, list[tuple[str, Any]]]) -> dict[str, Any]:
+    """Per parent, ``<output stem>-<version>.png``: the parent's samples, then each row's
+    candidate, one line each on the same latents."""
+    import torch
+
+    from unlearning.images import grid_image
+
+    saved = {}
+    for version, named in lines.items():
+        path = output.with_name(f"{output.stem}-{version}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid_image(torch.cat([images for _, images in named]), nrow=PICTURE_SAMPLES, min_side=512).save(path)
+        saved[version] = {"file": path.name, "lines": [name for name, _ in named]}
+    return saved
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -424,103 +481,108 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
 
-    from unlearning.bootstrap import MODEL, bootstrap
-    from unlearning.data import digits_splits
+    from unlearning.bootstrap import bootstrap
     from unlearning.data.files import save_images_npz
+    from unlearning.domains import BUILTIN_DOMAINS
+    from unlearning.domains.loaded import load_domain
     from unlearning.registry import Registry
+    from unlearning.report import grid_samples
     from unlearning.runtime import pick_device
 
     device = pick_device(args.device)
+    # a built-in domain's DCGAN and VAE; a registered domain's DCGAN is named after it, and it has no VAE
+    builtin = BUILTIN_DOMAINS.get(args.domain)
+    models = {False: builtin.default_model if builtin else args.domain,
+              True: next((m.model for m in builtin.models if m.family == "vae"), None) if builtin else None}
+    rows = [r for r in ROWS + ROBUST_ROWS if r.name in args.methods and models[r.vae] is not None]
+    skipped = [name for name in args.methods if name not in {r.name for r in rows}]
+    if skipped:
+        log(f"skipped: {', '.join(skipped)} (domain {args.domain!r} has no VAE)")
+    wanted = list(dict.fromkeys(models[r.vae] for r in rows))
+    forget: int | str = int(args.forget) if args.forget.isdigit() else args.forget
     scratch = tempfile.TemporaryDirectory(prefix="lethe-bench-")
     try:
         home = args.home or Path(scratch.name) / "home"
         registry = Registry(home)
-        fresh = registry.active(MODEL) is None
-        log(f"bootstrapping {home} on {device} with {threads} threads"
-            + ("" if fresh else " (already bootstrapped: reusing its base model and recorded pre-training time)"))
+        log(f"bootstrapping {args.domain} ({', '.join(wanted)}) in {home} on {device} with {threads} threads "
+            "(what the home has is kept)")
         started = time.monotonic()
-        bootstrap(registry, epochs=args.pretrain_epochs, device=device, show_progress=False)
-        bootstrap_wall = time.monotonic() - started
-        base = registry.get(registry.active(MODEL))
-        pretraining = {**pretraining_record(base), "bootstrap_wall_time_s": bootstrap_wall if fresh else None,
-                       "measured_in_this_run": fresh}
-        log(f"base {base.version}: pre-training {pretraining['epochs']} epochs, {pretraining['iterations']} "
-            f"iterations, {pretraining['wall_time_s']:.1f}s (bootstrap {bootstrap_wall:.1f}s)")
-
+        built = bootstrap(registry, domain=args.domain, models=wanted, epochs=args.pretrain_epochs, device=device,
+                          show_progress=False)["built"]
+        log(f"bootstrap: {time.monotonic() - started:.1f}s; built {', '.join(built) or 'nothing'}")
+        domain = load_domain(registry, args.domain, device=device)
+        forgotten = class_sets(registry, domain, forget)
+        label = forgotten.spec.sets[0].rule.labels[0]
         uploads = Path(scratch.name) / "uploads"
-        train, _ = digits_splits()
-        save_images_npz(train.images[train.labels == FORGOTTEN], uploads / "zeros.npz")
+        save_images_npz(domain.train.images[domain.train.labels == label], uploads / FORGET_FILE)
+        parents = {model: registry.get(registry.active(model)) for model in wanted}
 
-        # --quick: one variant per row; otherwise Kong's rows also with the paper's settings
-        rows = [r for r in (ROWS if args.quick else ROWS + PAPER_ROWS) if r.name in args.methods]
-        skipped: dict[str, str] = {}
-        parents = {"digits": base}
-        vae = registry.active(VAE_MODEL)
-        if vae is not None:
-            parents[VAE_MODEL] = registry.get(vae)
-        elif any(r.model == VAE_MODEL for r in rows):
-            skipped = {r.name: SKIPPED_VAE for r in rows if r.model == VAE_MODEL}
-            rows = [r for r in rows if r.model != VAE_MODEL]
-            log(f"feedback-vae: {SKIPPED_VAE}")
-
-        # one judge per (task, parent), built once: every seed and row is judged the same way
+        # one judging per (task, parent), built once: every seed and row is judged the same way
         targets: dict[tuple[str, str], Target] = {}
-        for task, model in dict.fromkeys((r.task, r.model) for r in rows):
+        pictures: dict[str, list[tuple[str, Any]]] = {}
+        for task, model in dict.fromkeys((task_of(r, args.domain), models[r.vae]) for r in rows):
             parent = parents[model]
-            # the DCGAN's pre-training was measured (or reused) above; another model's is in its manifest
-            pre = pretraining if model == MODEL else pretraining_record(parent)
-            make = zero_target if task == "zero" else feedback_target
-            target = targets[task, model] = make(registry, parent, pre, device, args.eval_samples, args.eval_seed)
-            b = target.before
-            log(f"{parent.version} ({task}): {MEASURES[task]} {b['invalidity']:.4g}, IS {b['inception_score']:.4g}, "
-                f"FID {b['fid']:.4g}, filtered FID {b['filtered_fid'] or float('nan'):.4g} against "
-                f"{target.reference_name} ({target.domain.extractor_name}, {args.eval_samples} samples)"
-                + (f"; {len(target.sets[0]['marked']['indices'])} of {MARK_N} marked" if target.sets else ""))
+            target = (slant_target(registry, domain, parent, device) if task == "slant"
+                      else class_target(registry, domain, parent, forgotten, device))
+            generator = registry.load_generator(parent.version).to(device)
+            b = target.before = target.judge(generator, args.eval_samples, args.eval_seed, filtered=True)
+            if target.attacks is not None:
+                b.update(target.attacks.columns(generator))
+            target.paper = BASE_PAPER["vae" if model == models[True] else task]
+            targets[task, model] = target
+            pictures.setdefault(parent.version, [("base", grid_samples(generator, PICTURE_SAMPLES))])
+            judge_text = f", judge {b['judge_invalidity']:.4g}" if "judge_invalidity" in b else ""
+            log(f"{parent.version} ({task}): invalidity {b['invalidity']:.4g}{judge_text}, IS "
+                f"{b['inception_score']:.4g}, FID {b['fid']:.4g}, filtered FID {b['filtered_fid'] or float('nan'):.4g} "
+                f"against {target.reference_name} ({domain.extractor_name}, {args.eval_samples} samples); "
+                f"{len(target.marks['marked']['indices'])} of {MARK_N} marked")
 
         def document(runs: list[dict[str, Any]], partial: bool = False) -> dict[str, Any]:
-            bases = [base_row(t, BASE_PAPER[key]) for key, t in targets.items()]
-            summaries = [summarise(runs, r) for r in rows
-                         if any(x["row"] == r.name and x["variant"] == r.variant for x in runs)]
             doc = {
-                "benchmark": "every method on the digits default: forget digit 0 (Kong & Chaudhuri Table I, "
-                             "Tiwary et al.) and forget 'leans left' from marks (Moon et al.)",
+                "benchmark": f"every generator method on {args.domain}: forget one class (Kong & Chaudhuri "
+                             "Table I, Tiwary et al.) and from a person's marks (Moon et al.)",
                 "machine": machine(device, threads),
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "settings": {"seeds": args.seeds, "quick": args.quick, "eval_samples": args.eval_samples,
-                             "eval_seed": args.eval_seed, "rows": [r.name for r in rows],
-                             "max_invalidity": {r.name: r.max_invalidity for r in rows},
-                             "extractor": next((t.before["extractor"] for t in targets.values()), None), "paper_defaults": PAPER_DEFAULTS,
-                             "marks": {"seed": MARK_SEED, "n": MARK_N, "threshold": "top decile of the parent's "
-                                       f"slant on {THRESHOLD_N} samples of seed {THRESHOLD_SEED}"},
-                             "judge": {"zero": "invalidity = share of samples the digit classifier calls 0; FID "
-                                               "against the training digits other than 0",
-                                       "feedback": "target_ratio = share of samples whose slant reaches the "
-                                                   "threshold; FID against the training digits below it"},
-                             "pul": "100 * (parent - candidate) / parent of invalidity or target_ratio",
-                             "attack": "outcome.after['attack'] of the job, judged by the spec's own checks",
-                             "wall_time_ratio": "training phase of the job / the parent's pre-training wall time"},
-                "pretraining": pretraining,
+                "settings": {
+                    "domain": args.domain, "image_shape": list(domain.image_shape),
+                    "forget": {"index": label, "name": domain.labels[label]},
+                    "seeds": args.seeds, "quick": args.quick, "robust": args.robust, "eval_samples": args.eval_samples,
+                    "eval_seed": args.eval_seed, "rows": [r.name for r in rows], "paper_defaults": PAPER_DEFAULTS,
+                    "guide": domain.guide_name, "judge": domain.judge_name, "extractor": domain.extractor_name,
+                    "marks": {"seed": MARK_SEED, "n": MARK_N,
+                              "class": "the samples the guide calls the forgotten class",
+                              "slant": f"the samples at or above the top decile of the parent's slant on "
+                                       f"{THRESHOLD_N} samples of seed {THRESHOLD_SEED}"},
+                    "pul": "100 * (parent - candidate) / parent of the judge's invalidity (slant: of invalidity)",
+                    "attack": "class task: bench/attacks.py on every model, judged by the judge; slant task: "
+                              "outcome.after['attack'] of the job",
+                    "wall_time_ratio": "training phase of the job / the parent's pre-training wall time"},
+                "built": built,
+                "skipped": skipped,
                 "pretraining_by_parent": {t.parent.version: t.pretraining for t in targets.values()},
-                "base": {k: finite(v) for k, v in targets["zero", MODEL].before.items()}
-                if ("zero", MODEL) in targets else None,
                 "bases": {f"{task}/{model}": {k: finite(v) for k, v in t.before.items()}
                           for (task, model), t in targets.items()},
-                "skipped": skipped,
-                "rows": bases + summaries,
+                "rows": [base_row(t) for t in targets.values()]
+                + [summarise(runs, r) for r in rows if any(x["row"] == r.name for x in runs)],
                 "runs": runs,
             }
+            if args.output:
+                doc["pictures"] = save_pictures(args.output, pictures)
             if partial:
                 doc["partial"] = True
             return doc
 
-        seeds = list(range(args.seeds))
         runs: list[dict[str, Any]] = []
-        total = len(rows) * len(seeds)
+        total = len(rows) * args.seeds
         for row in rows:
-            for seed in seeds:
+            target = targets[task_of(row, args.domain), models[row.vae]]
+            for seed in range(args.seeds):
                 log(f"run {len(runs) + 1}/{total}: {row.name} ({row.variant}), seed {seed}")
-                runs.append(one_run(row, seed, registry=registry, target=targets[row.task, row.model],
-                                    uploads=uploads, args=args, device=device))
+                run, candidate = one_run(row, seed, registry=registry, target=target, forget=label, uploads=uploads,
+                                         args=args, device=device)
+                runs.append(run)
+                if candidate is not None and seed == 0:
+                    pictures[target.parent.version].append((row.name, grid_samples(candidate, PICTURE_SAMPLES)))
                 if args.output:  # keep what is done if a long run dies later
                     write_json(args.output, document(runs, partial=len(runs) < total))
         return document(runs)
@@ -542,27 +604,32 @@ def _fmt(stat: dict[str, Any] | None, kind: str) -> str:
     return f"{m:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
 
 
-TABLES = {
-    "zero": ("Forget digit 0", "invalidity"),
-    "feedback": ("Forget 'leans left' from a person's marks (feedback)", "target ratio"),
-}
+def marks_note(doc: dict[str, Any], forgotten: str) -> str:
+    if doc["settings"]["domain"] == "digits":
+        return (f"Marks: of the {MARK_N} samples of seed {MARK_SEED}, those whose pixel slant reaches the parent's "
+                "top decile; target ratio = share of samples at or above it. ")
+    return f"Marks: of the {MARK_N} samples of seed {MARK_SEED}, those the guide calls {forgotten!r}. "
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    pre, settings = doc["pretraining"], doc["settings"]
+    settings, m = doc["settings"], doc["machine"]
+    forgotten = settings["forget"]["name"]
+    tables = {
+        "class": (f"Forget {forgotten!r}", "invalidity (guide)", "invalidity (judge)", "PUL % (judge)"),
+        "slant": ("Forget 'leans left' from a person's marks (feedback)", "target ratio (slant)", "-", "PUL %"),
+    }
     lines: list[str] = []
-    for task, (title, measure) in TABLES.items():
-        rows = [r for r in doc["rows"] if r.get("task", "zero") == task]
+    for task, (title, by_guide, by_judge, pul) in tables.items():
+        rows = [r for r in doc["rows"] if r["task"] == task]
         if not rows:
             continue
-        # each parent has its own reference (feedback: below its own slant threshold)
-        references = {r["parent"]: r["fid_reference"] for r in rows if r.get("fid_reference")}
-        against = "; ".join(f"{parent}: {ref}" for parent, ref in references.items())
+        against = "; ".join(f"{parent}: {ref}" for parent, ref in
+                            {r["parent"]: r["fid_reference"] for r in rows if r.get("fid_reference")}.items())
         lines += [
-            f"**{title}** (FID against {against or 'the training digits other than 0'})",
+            f"**{title}** (FID against {against})",
             "",
-            f"| row | method | variant | seeds | promoted | {measure} | PUL % | IS | FID | FID / filtered parent "
-            "| attack worst case (parent) | attack invalidity | wall-time ratio | paper |",
+            f"| row | method | variant | seeds | promoted | {by_guide} | {by_judge} | {pul} | IS | FID | "
+            "FID / filtered parent | attack worst case (parent) | wall-time ratio | paper (MNIST) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in rows:
@@ -571,38 +638,49 @@ def markdown(doc: dict[str, Any]) -> str:
             wall = "1 (pre-training)" if is_base and row["wall_time_ratio"].get("mean") else \
                 _fmt(row["wall_time_ratio"], "ratio")
             attack = _fmt(row.get("attack_worst_case"), "ratio")
-            if row.get("parent_attack_worst_case", {}).get("mean") is not None:
+            if (row.get("parent_attack_worst_case") or {}).get("mean") is not None:
                 attack += f" ({row['parent_attack_worst_case']['mean']:.3f})"
             lines.append(
-                f"| {row.get('row', row['method'])} | {row['method']} | {row['variant']} | {len(row['seeds'])} | "
-                f"{promoted} | {_fmt(row.get(row.get('measure', 'invalidity')), 'sci')} | "
-                f"{'-' if is_base else _fmt(row.get('pul'), 'pct')} | {_fmt(row['inception_score'], 'plain')} | "
+                f"| {row['row']} | {row['method']} | {row['variant']} | {len(row['seeds'])} | {promoted} | "
+                f"{_fmt(row['invalidity'], 'sci')} | {_fmt(row['judge_invalidity'], 'sci')} | "
+                f"{'-' if is_base else _fmt(row['pul'], 'pct')} | {_fmt(row['inception_score'], 'plain')} | "
                 f"{_fmt(row['fid'], 'plain')} | {_fmt(row['fid_over_filtered_base'], 'ratio')} | {attack} | "
-                f"{_fmt(row.get('attack_invalidity'), 'ratio')} | {wall} | {row.get('paper', '-')} |")
-            if is_base and row.get("filtered_fid") is not None:
-                lines.append(f"| base, filtered | rejection sampling | - | - | - | 0 | - | - | "
-                             f"{row['filtered_fid']:.2f} | 1 | - | - | - | - |")
+                f"{wall} | {row['paper']} |")
+            if is_base and row.get("filtered_fid") is not None:  # zero where it was filtered
+                by = "by the judge | - | - | - | 0" if task == "class" else "by the slant | - | - | 0 | -"
+                lines.append(f"| base, filtered | rejection sampling | {by} | - | - | {row['filtered_fid']:.2f} | 1 "
+                             "| - | - | - |")
         lines.append("")
-    for name, why in (doc.get("skipped") or {}).items():
-        lines.append(f"{name}: {why}.")
-    m = doc["machine"]
+        worst = worst_case_table(rows)
+        if worst:
+            lines += [f"**Worst case: {title[0].lower() + title[1:]}**", "", *worst, ""]
+    pre = "; ".join(f"{v}: {p['epochs']} epochs, " + (f"{p['iterations']} iterations, " if p["iterations"] else "")
+                    + f"{p['wall_time_s']:.0f} s on {p['device']}"
+                    for v, p in doc["pretraining_by_parent"].items() if p)
+    shape = "x".join(str(s) for s in settings["image_shape"][1:])
     lines += [
-        "",
         f"Mean ± standard error over seeds; {settings['eval_samples']} samples per model (seed "
-        f"{settings['eval_seed']}); FID with `{settings['extractor']}`. Invalidity = share of samples the digit "
-        "classifier calls 0; target ratio = share of samples whose pixel slant reaches the parent's top decile (the "
-        f"marks: the {MARK_N} samples of seed {MARK_SEED} at or above it); PUL = 100 (parent - after) / parent "
-        "(Tiwary et al. eq. 8). Attack: worst case of the job's latent attack (gradient ascent and truncation), "
-        "judged by the spec's own checks (for feedback, the marks' nearest-neighbour judge), parent in brackets. "
-        f"Wall-time ratio = training phase of the redaction job / the parent's pre-training (DCGAN: {pre['epochs']} "
-        f"epochs, {pre['iterations']} iterations, {pre['wall_time_s']:.0f} s). {m['device']}, {m['torch_threads']} "
+        f"{settings['eval_seed']}). Invalidity (guide): share of samples the guide `{settings['guide']}` calls "
+        f"{forgotten!r}, what the methods trained against; invalidity (judge): the same asked of "
+        f"`{settings['judge']}`, trained apart, which no method sees. IS and FID: the judge's (FID in "
+        f"`{settings['extractor']}` features); the filtered parent keeps the samples the judge does not call "
+        f"{forgotten!r}. PUL = 100 (parent - after) / parent (Tiwary et al. eq. 8). "
+        + (marks_note(doc, forgotten) if any(r["method"] == "feedback" for r in doc["rows"]) else "")
+        + "Attack: worst case of the job's own attacks (gradient ascent, truncation, inversion), judged by the "
+        f"judge (for feedback, nearest neighbour among the marks in the judge's features), parent in brackets. "
+        f"Worst-case tables: {WORST_CASE_NOTE} Wall-time ratio = training phase of the redaction job / the parent's pre-training "
+        f"({pre}). Gates and hyperparameters: the library's defaults"
+        + (" (--quick: tiny budgets)" if settings["quick"] else "") + f". {m['device']}, {m['torch_threads']} "
         f"threads, torch {m['torch']}, {m['platform']}, {doc['date'][:10]}.",
         "",
-        "Paper column: the papers' headline numbers, not like for like. Kong & Chaudhuri Table I is MNIST 28x28, "
-        "forget 0, 8 epochs, invalidity on 50K samples, pre-trained 1.1e-1 / IS 7.82. Tiwary et al. Table 1 forgets "
-        "MNIST digits 1, 4 and 8 (Inception FID, pre-trained 5.4). Moon et al. forget thickness, not slant "
-        "(Morpho-MNIST). Here: 8x8 digits, FID on the digit classifier's features.",
+        "Paper column: the papers' headline numbers on MNIST, not like for like. Kong & Chaudhuri Table I is MNIST "
+        "28x28, forget 0, 8 epochs, invalidity on 50K samples, pre-trained 1.1e-1 / IS 7.82. Tiwary et al. Table 1 "
+        "forgets MNIST digits 1, 4 and 8 (Inception FID, pre-trained 5.4). Moon et al. forget thickness "
+        f"(Morpho-MNIST). Here: {settings['domain']} {shape}, FID on the judge's features.",
     ]
+    for version, picture in (doc.get("pictures") or {}).items():
+        lines.append(f"\n`{picture['file']}`: samples of {version} on the same latents, one line each: "
+                     + ", ".join(picture["lines"]) + ".")
     return "\n".join(lines)
 
 
@@ -611,7 +689,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         print(markdown(json.loads(args.render.read_text())))
         return 0
-    doc = run_benchmark(args)
+    from unlearning.errors import LetheError
+
+    try:
+        doc = run_benchmark(args)
+    except LetheError as exc:  # a bad --forget, a missing dataset: say so, no traceback
+        log(f"error: {exc}")
+        return 2
     if args.output:
         write_json(args.output, doc)
         log(f"wrote {args.output}")

@@ -5,7 +5,8 @@ BentoML runs prometheus_client in multiprocess mode and serves every process's v
 metrics are created on first use, after ``PROMETHEUS_MULTIPROC_DIR`` is set, or they would
 stay invisible to the multiprocess collector. Gauge modes:
 
-* per-version facts every worker agrees on (gate invalidity and its limit, FID): ``max``;
+* per-version facts every worker agrees on (gate invalidity and its limit, FID, the
+  attacks' worst cases): ``max``;
 * ``lethe_active_model_info``: ``livemax`` (1 while any live worker serves the version);
 * ``lethe_served_invalidity_ratio`` (the spec's checks) and
   ``lethe_served_judge_invalidity_ratio`` (the domain's judge): ``livemostrecent`` (each
@@ -32,6 +33,12 @@ def metrics() -> SimpleNamespace:
             "lethe_model_judge_invalidity_ratio",
             "Invalidity by the domain's judge (the spec's label-based checks asked of a classifier no method sees)",
             ["model_version", "spec", "judge"], multiprocess_mode="max",
+        ),
+        model_attack_invalidity=Gauge(
+            "lethe_model_attack_invalidity_ratio",
+            "Worst-case invalidity of the version's attacks (gate measurement, judged by the domain's judge): "
+            "attack=gradient (latent ascent), inversion (real examples reconstructed), worst_case (the worst of all)",
+            ["model_version", "spec", "attack"], multiprocess_mode="max",
         ),
         gate_max_invalidity=Gauge(
             "lethe_model_gate_max_invalidity", "The gate's max_invalidity in the spec that produced the version",
@@ -83,8 +90,21 @@ def publish_version(manifest) -> None:
     judge = (after.get("judged_by") or {}).get("judge_invalidity")
     if after.get("judge_invalidity") is not None and spec_name and judge:
         m.model_judge_invalidity.labels(manifest.version, spec_name, judge).set(float(after["judge_invalidity"]))
+    for attack, value in attack_measurements(after.get("attack")).items():
+        if spec_name:
+            m.model_attack_invalidity.labels(manifest.version, spec_name, attack).set(value)
     limit = ((manifest.spec or {}).get("gates") or {}).get("max_invalidity")
     if limit is not None and spec_name:
         m.gate_max_invalidity.labels(manifest.version, spec_name).set(float(limit))
     if after.get("fid") is not None:
         m.model_fid.labels(manifest.version, str(after.get("extractor", "unknown"))).set(float(after["fid"]))
+
+
+def attack_measurements(attack: dict | None) -> dict[str, float]:
+    """{attack: invalidity} of a version's attack summary (``jobs/attacks.py``)."""
+    if not attack:
+        return {}
+    values = {"gradient": attack.get("attack_invalidity"),
+              "inversion": (attack.get("inversion") or {}).get("attack_invalidity"),
+              "worst_case": attack.get("worst_case")}
+    return {name: float(v) for name, v in values.items() if v is not None}

@@ -27,7 +27,7 @@ FINAL = {"promoted", "rejected", "failed", "cancelled"}
 QUICK_SPEC = {"sets": [{"kind": "classifier", "classifier": "digits", "score": {"type": "one_minus_prob", "label": 0},
                         "tau": 0.5}],
               "hyperparameters": {"epochs": 1, "monitor_samples": 200},
-              "gates": {"eval_samples": 200, "max_invalidity": 1.0, "max_fid_ratio": None,
+              "gates": {"eval_samples": 200, "max_invalidity": 1.0, "max_fid_ratio": 1e6,
                         "min_class_share_ratio": 0.0}}
 
 

@@ -121,7 +121,7 @@ def test_redact_promotes_reports_and_rolls_back(quick_copy, tmp_path):
     path.write_text(yaml.safe_dump({
         "name": "forget-zero-tiny", "sets": [ZERO_SCORE],
         "hyperparameters": {"epochs": 1, "monitor_samples": 200},
-        "gates": {"eval_samples": 300, "max_invalidity": 1.0, "max_fid_ratio": None,
+        "gates": {"eval_samples": 300, "max_invalidity": 1.0, "max_fid_ratio": 1e6,
                   "min_class_share_ratio": 0.0},
     }))
 

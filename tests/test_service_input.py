@@ -212,9 +212,22 @@ def test_bad_input_is_a_4xx_and_changes_nothing(server, case, tmp_path):
     assert state(server) == before
 
 
+def settled_state(server) -> dict:
+    """``state`` once it stops changing: just after a job's state is final, its promotion is
+    still reaching the serving workers and the worker is still deleting its uploads."""
+    previous, deadline = state(server), time.monotonic() + 60
+    while True:
+        time.sleep(0.5)
+        current = state(server)
+        if current == previous:
+            return current
+        assert time.monotonic() < deadline, (previous, current)
+        previous = current
+
+
 def test_cancel_of_a_finished_job_is_409(server):
     job_id = finished_job(server)
-    before = state(server)
+    before = settled_state(server)
     reply = server.client.post(f"/admin/redactions/{job_id}/cancel", headers=server.auth)
     assert reply.status_code == 409 and "nothing to cancel" in reply.json()["error"]
     assert state(server) == before

@@ -15,6 +15,7 @@ import yaml
 from torch import nn
 
 from unlearning.errors import NotFoundError, SpecError
+from unlearning.jobs.gates import resolve_gates
 from unlearning.spec import (
     BoundaryRule,
     ClassifierLabelRule,
@@ -112,7 +113,12 @@ def test_round_trips_through_json_and_yaml(tmp_path):
 
 def test_defaults_and_python_construction():
     spec = ForgetSpec(name="b", sets=[ValiditySet(rule=BoundaryRule(margin=1, max_sum=4.25))])
-    assert spec.method == "auto" and spec.gates.max_fid_ratio == 2.0 and spec.gates.max_fid_increase is None
+    assert spec.method == "auto" and spec.gates.max_fid_increase is None
+    assert spec.gates.max_fid_ratio is None and spec.gates.max_invalidity is None  # the method's, at the job
+    resolved = {m: resolve_gates(spec, m).gates for m in ("kong-validity", "adapt-then-unlearn", "feedback")}
+    assert [(g.max_invalidity, g.max_fid_ratio) for g in resolved.values()] == [(0.001, 2.0), (0.01, 2.0), (0.05, 3.0)]
+    written = spec.model_copy(update={"gates": spec.gates.model_copy(update={"max_fid_ratio": 1.5})})
+    assert resolve_gates(written, "feedback").gates.max_fid_ratio == 1.5  # what a spec writes stands
     assert load_spec(spec.model_dump()) == spec
     minimal = load_spec("name: x\nsets: [{kind: classifier, classifier: d, score: {type: one_minus_entropy}}]")
     assert minimal.sets[0].tau == 0.5 and minimal.sets[0].score == OneMinusEntropy()

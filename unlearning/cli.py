@@ -150,6 +150,14 @@ def cmd_redact(args: argparse.Namespace) -> int:
         for key in ("invalidity", "fid", "filtered_fid", "inception_score"):
             print(f"{key:16}{_fmt(outcome.before.get(key)):>12}{_fmt(outcome.after.get(key)):>12}")
         print(f"(FID extractor: {outcome.after['extractor']}, {outcome.after['samples']} samples)")
+        if "attack" in outcome.after:
+            b, a = outcome.before["attack"], outcome.after["attack"]
+            for label, value in (("gradient attack", lambda d: d.get("attack_invalidity")),
+                                 ("fooled share", lambda d: d.get("fooled_share")),
+                                 ("inversion", lambda d: (d.get("inversion") or {}).get("attack_invalidity")),
+                                 ("worst case", lambda d: d.get("worst_case"))):
+                print(f"{label:16}{_fmt(value(b)):>12}{_fmt(value(a)):>12}")
+            print(f"(attacks judged by {a['judged_by']})")
     for gate in outcome.gates:
         print(f"gate {gate.name:14} {'pass' if gate.passed else 'FAIL'}  {_fmt(gate.value)} (limit {_fmt(gate.limit)})")
     if outcome.reason:
@@ -169,14 +177,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     manifest = registry.verify(args.version)
     device = pick_device()
     domain = load_domain(registry, manifest, device=device, inception_weights=args.inception_weights)
-    omega = judged = None
+    omega = judged = spec = None
     if args.spec:
         spec_path = Path(args.spec)
         uploads = Path(args.uploads) if args.uploads else spec_path.resolve().parent
         # marks in a spec were made on the samples of the version's parent
         sets = prepare_redaction_set(load_spec(spec_path), registry, domain, uploads,
                                      marks_from=manifest.parent or manifest.version)
-        omega, judged = sets.omega, sets.judged
+        omega, judged, spec = sets.omega, sets.judged, sets.spec
     if manifest.image_to_image:
         return _eval_inpainter(args, registry, domain, omega, judged)
     generator = registry.load_generator(args.version).to(device)
@@ -184,9 +192,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
                    filtered=omega is not None)
     result["version"] = args.version
     if omega is not None and omega.has_judge and args.attack_starts:
-        from unlearning.metrics import AttackSettings, latent_attack
+        from unlearning.jobs.attacks import run_attacks
+        from unlearning.metrics import AttackSettings, InversionSettings
 
-        result["attack"] = latent_attack(generator, omega, AttackSettings(starts=args.attack_starts), device=device)
+        marked_by = registry.load_generator(manifest.parent).to(device) if omega.feedback and manifest.parent \
+            else generator  # marks were made on the samples of the version's parent
+        attacks, _ = run_attacks({"version": generator}, spec, omega, judged, domain, marked_by=marked_by,
+                                 gradient=AttackSettings(starts=args.attack_starts),
+                                 inversion=InversionSettings(targets=max(args.inversion_targets, 1)),
+                                 invert=args.inversion_targets > 0)
+        result["attack"] = attacks["version"]
     if args.json:
         _print_json(result)
         return 0
@@ -197,11 +212,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"{key:16}{_fmt(result[key])}" + (f"  (by {by[key]})" if key in by else ""))
     print("class shares    " + " ".join(f"{s:.3f}" for s in result["class_shares"]) + f"  (by {by['class_shares']})")
     if "attack" in result:
-        attack = result["attack"]
-        print(f"worst case      {_fmt(attack['worst_case'])} (latent attack from {attack['starts']} starts: "
-              f"{_fmt(attack.get('attack_invalidity'))}; random {_fmt(attack['random_invalidity'])}; truncation "
-              + ", ".join(f"psi {psi}: {_fmt(v)}" for psi, v in attack["truncation"].items()) + ")")
+        _print_attacks(result["attack"])
     return 0
+
+
+def _print_attacks(attack: dict) -> None:
+    """The worst case (gradient and inversion attacks), judged by the verdict it names."""
+    print(f"worst case      {_fmt(attack['worst_case'])}  (by {attack['judged_by']})")
+    print(f"  gradient      {_fmt(attack.get('attack_invalidity'))} of {attack['starts']} starts end in Omega; "
+          f"the climbed checks say {_fmt(attack.get('climbed_invalidity'))}, fooled share "
+          f"{_fmt(attack.get('fooled_share'))}; random {_fmt(attack['random_invalidity'])}")
+    print("  truncation    " + ", ".join(f"psi {psi}: {_fmt(v)}" for psi, v in attack["truncation"].items()))
+    inversion = attack.get("inversion") or {}
+    if inversion.get("skipped"):
+        print(f"  inversion     skipped: {inversion['skipped']}")
+    elif inversion:
+        print(f"  inversion     {_fmt(inversion.get('attack_invalidity'))} of {inversion['targets']} real examples "
+              f"reconstructed in Omega (targets: {_fmt(inversion.get('target_invalidity'))}; mean squared error "
+              f"{_fmt(inversion['mse']['mean'])}; {inversion['seconds']:.1f} s)")
 
 
 def _eval_inpainter(args: argparse.Namespace, registry, domain, omega, judged) -> int:
@@ -365,14 +393,17 @@ def build_parser(service_commands: Callable[[Any], None] | None = None) -> argpa
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_redact)
 
-    p = sub.add_parser("eval", help="invalidity, IS, FID and worst-case (latent attack) invalidity of a version")
+    p = sub.add_parser("eval", help="invalidity, IS, FID and worst-case (gradient and inversion attack) "
+                                    "invalidity of a version")
     p.add_argument("version")
     p.add_argument("--spec", default=None, help="judge invalidity against this forget specification")
     p.add_argument("--uploads", default=None)
     p.add_argument("--samples", type=int, default=50_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attack-starts", type=int, default=256,
-                   help="random latents for the worst-case attack check (0: skip it)")
+                   help="random latents for the gradient attack (0: skip both attacks)")
+    p.add_argument("--inversion-targets", type=int, default=32,
+                   help="real examples of what was forgotten the inversion attack reproduces (0: skip it)")
     p.add_argument("--inception-weights", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

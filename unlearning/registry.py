@@ -15,8 +15,8 @@ Layout of LETHE_HOME::
 
 Versions, classifiers and domains are immutable named folders with a sha256 manifest
 (``unlearning.store.folders``): written complete or not at all, every file checked against
-its checksum before anything is loaded or activated (a domain's data read in place, such as
-Debian's Fashion-MNIST, is checked against the checksums its manifest records). With
+its checksum before anything is loaded or activated (a domain's data read in place is
+checked against the checksums its manifest records). With
 ``LETHE_REGISTRY_URL`` they live in S3-compatible object storage and ``versions/``,
 ``classifiers/`` and ``domains/`` are a verified local cache; with ``LETHE_DATABASE_URL``
 the active pointers and version numbers live in PostgreSQL, shared by every instance

@@ -27,10 +27,12 @@ GRID_SAMPLES = 64
 
 
 @torch.no_grad()
-def _samples(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
+def grid_samples(generator: nn.Module, n: int = GRID_SAMPLES) -> torch.Tensor:
+    """The generator's samples on the pictures' fixed latents: the same for every version of
+    a model, so before and after show the same latents."""
     generator.eval()
-    device = next(generator.parameters()).device
-    return generator(z.to(device)).cpu()
+    z = latents(n, generator.latent_dim, GRID_SEED).to(next(generator.parameters()).device)
+    return generator(z).cpu()
 
 
 def _save(fig, ax, title: str, path: Path) -> Path:
@@ -75,12 +77,13 @@ def write_report(
     attack_images: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the report for one job into ``report_dir`` (created); return the folder.
-    ``attack_images`` ({"parent", "candidate"}) are the latent attack's final samples."""
+    ``attack_images`` ({"parent", "candidate"}) are the latent attack's final samples, and
+    its "inversion" entry ({"targets", "parent", "candidate"}) the inversion attack's
+    targets and reconstructions."""
     folder = Path(report_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    z = latents(GRID_SAMPLES, before.latent_dim, GRID_SEED)
-    grid_image(_samples(before, z)).save(folder / "before.png")
-    grid_image(_samples(after, z)).save(folder / "after.png")
+    grid_image(grid_samples(before)).save(folder / "before.png")
+    grid_image(grid_samples(after)).save(folder / "after.png")
     limit = next((g.limit for g in outcome.gates if g.name == "invalidity"), None)
     plotted = plot_history(outcome.history, folder / "invalidity.png", limit=limit,
                            selected=outcome.stats.get("selected_epoch"))
@@ -88,8 +91,13 @@ def write_report(
     if attacked:
         grid_image(attack_images["parent"]).save(folder / "attack_before.png")
         grid_image(attack_images["candidate"]).save(folder / "attack_after.png")
+    inversion = (attack_images or {}).get("inversion") or {}
+    if {"targets", "parent", "candidate"} <= set(inversion):  # targets beside both models' reconstructions
+        rows = torch.cat([inversion["targets"], inversion["parent"], inversion["candidate"]])
+        grid_image(rows, nrow=len(inversion["targets"]), min_side=512).save(folder / "inversion.png")
     (folder / "metrics.json").write_text(json.dumps(outcome.model_dump(mode="json"), indent=2))
-    (folder / "index.html").write_text(render_html(outcome, plotted is not None, attacked=attacked))
+    (folder / "index.html").write_text(render_html(outcome, plotted is not None, attacked=attacked,
+                                                   inverted=(folder / "inversion.png").is_file()))
     return folder
 
 
@@ -101,28 +109,48 @@ def _number(value) -> str:
     return html.escape(str(value))
 
 
-def _attack_section(outcome: "JobOutcome", attacked: bool, image_base: str) -> str:
+def _attack_section(outcome: "JobOutcome", attacked: bool, image_base: str, inverted: bool = False) -> str:
     before, after = outcome.before.get("attack"), outcome.after.get("attack")
     if not before or not after:
         return ""
-    keys = [("random_invalidity", "random starts"), ("attack_invalidity", "after gradient ascent"),
-            ("median_steps", "median steps to reach the forget set"), ("worst_case", "worst case")]
+    judged_by = html.escape(str(after.get("judged_by", "the spec's checks")))
+    keys = [("random_invalidity", "random starts"),
+            ("attack_invalidity", "gradient ascent: final images in Omega"),
+            ("climbed_invalidity", "gradient ascent: what the climbed checks say"),
+            ("fooled_share", "fooled share: the climbed checks say invalid, the judge does not"),
+            ("inversion/attack_invalidity", "inversion: reconstructions in Omega"),
+            ("inversion/target_invalidity", "inversion: targets in Omega (the ceiling)"),
+            ("inversion/mse/mean", "inversion: mean squared error"),
+            ("gradient_worst_case", "worst case, gradient ascent and truncation"),
+            ("worst_case", "worst case, all attacks")]
     keys += [(f"truncation/{psi}", f"truncation psi={psi}") for psi in after.get("truncation", {})]
 
     def value(summary: dict, key: str):
-        if key.startswith("truncation/"):
-            return summary.get("truncation", {}).get(key.split("/", 1)[1])
-        return summary.get(key)
+        for part in key.split("/")[:-1]:
+            summary = summary.get(part) or {}
+        return summary.get(key.split("/")[-1])
 
     rows = "".join(
         f"<tr><td>{html.escape(label)}</td><td>{_number(value(before, k))}</td><td>{_number(value(after, k))}</td></tr>"
         for k, label in keys
     )
-    pictures = ('<p>where the attack ended (the first starts): before &nbsp; / &nbsp; after</p>'
+    pictures = ('<p>where the gradient attack ended (the first starts): before &nbsp; / &nbsp; after</p>'
                 f'<img src="{image_base}attack_before.png"><img src="{image_base}attack_after.png">') if attacked else ""
+    inversion = after.get("inversion") or {}
+    if inverted:
+        pictures += ("<p>inversion: rows are the targets (real examples of what was forgotten), the parent's "
+                     f'reconstructions and the candidate\'s</p><img src="{image_base}inversion.png">')
+    about = ""
+    if inversion.get("targets"):
+        about = (f" Inversion: {inversion['targets']} real examples of what was forgotten, {inversion['starts']} "
+                 f"starts x {inversion['steps']} Adam steps each on ||G(z) - x||^2 with ||z|| <= sqrt(d); the best "
+                 "start is judged.")
+    elif inversion.get("skipped"):
+        about = f" Inversion skipped: {html.escape(inversion['skipped'])}."
     note = "" if after.get("gradient", True) else "<p>No check of this spec has a gradient: truncation only.</p>"
-    return (f"<h2>Worst case (latent attack)</h2><p>Gradient ascent on the forget checks' margin from "
-            f"{after['starts']} random latents, {after['steps']} steps each, inside the prior's typical ball.</p>"
+    return (f"<h2>Worst case (attacks)</h2><p>Gradient ascent on the forget checks' margin from "
+            f"{after['starts']} random latents, {after['steps']} steps each, inside the prior's typical ball.{about} "
+            f"Success is judged on the final images by {judged_by}, never by the checks climbed.</p>"
             f"{note}<table><tr><th></th><th>before</th><th>after</th></tr>{rows}</table>{pictures}")
 
 
@@ -148,7 +176,8 @@ def _page(outcome: "JobOutcome", body: str) -> str:
 {body}</body></html>"""
 
 
-def render_html(outcome: "JobOutcome", has_plot: bool, image_base: str = "", attacked: bool = False) -> str:
+def render_html(outcome: "JobOutcome", has_plot: bool, image_base: str = "", attacked: bool = False,
+                inverted: bool = False) -> str:
     """Self-contained page; ``image_base`` prefixes the picture URLs (the service serves them)."""
     keys = ["invalidity", "judge_invalidity", "fid", "filtered_fid", "inception_score", "samples", "extractor"]
     by = {**outcome.before.get("judged_by", {}), **outcome.after.get("judged_by", {})}
@@ -163,7 +192,7 @@ def render_html(outcome: "JobOutcome", has_plot: bool, image_base: str = "", att
 <table><tr><th></th><th>before ({html.escape(outcome.parent)})</th><th>after ({html.escape(outcome.version)})</th><th>measured by</th></tr>{metrics}</table>
 <h2>Samples on the same latents</h2><p>before &nbsp; / &nbsp; after</p>
 <img src="{image_base}before.png"><img src="{image_base}after.png">{plot}
-{_attack_section(outcome, attacked, image_base)}""")
+{_attack_section(outcome, attacked, image_base, inverted)}""")
 
 
 I2I_GRID_IMAGES = 16

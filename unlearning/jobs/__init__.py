@@ -4,7 +4,8 @@ returns (``outcome.py``) and how its version is stored (``storage.py``). The CLI
 service both call :func:`run_redaction`; the service refuses bad requests with :func:`preflight`."""
 
 from unlearning.jobs.gates import forgotten_classes
-from unlearning.jobs.generator import GATE_SEED, attack_check
+from unlearning.jobs.attacks import attack_check
+from unlearning.jobs.generator import GATE_SEED
 from unlearning.jobs.image_to_image import forget_mask
 from unlearning.jobs.outcome import Gate, JobOutcome
 from unlearning.jobs.pipeline import DEFAULT_MODEL, preflight, probe_checks, resolve_parent, run_redaction

@@ -5,7 +5,8 @@ Generators: ``invalidity`` (the spec's own checks: what the method optimised),
 method sees; present when the spec names the guide), ``fid_ratio`` (and ``fid_increase``
 when asked; the judge's features, against the parent filtered by the judge),
 ``class_balance`` (the judge's classes),
-optionally ``attack_invalidity``, and ONNX parity. Image-to-image models: retain and forget
+optionally ``attack_invalidity`` (the worst of the gradient and inversion attacks, judged
+by the judge), and ONNX parity. Image-to-image models: retain and forget
 FID ratios, and parity.
 """
 
@@ -20,7 +21,7 @@ from unlearning.spec import ForgetSpec
 PARITY_LIMIT = 1e-4
 DEFAULT_MAX_JUDGE_INVALIDITY = 0.01
 # A spec that leaves max_invalidity out gets its method's: what the method reaches with its
-# own defaults on digits and Fashion-MNIST (README, "Defaults that work"). Adapt-then-Unlearn
+# own defaults on digits (README, "Gates and what a job writes"). Adapt-then-Unlearn
 # never sees training data and removes what a sample of the parent shows, so it stops short
 # of Kong's; the feedback marks' nearest-neighbour judge is coarse.
 DEFAULT_MAX_INVALIDITY = {
@@ -29,12 +30,24 @@ DEFAULT_MAX_INVALIDITY = {
 }
 
 
+# The marks' nearest-neighbour judge filters the parent coarsely, and the FIDs of a feature
+# edit are small (1-3 in the judge's features), so their ratio is noisy: on five DCGANs
+# (bench/seeds.py) the feedback job's ratio reached 2.17 while FID against the data without
+# the feature stayed within 1.07x.
+DEFAULT_MAX_FID_RATIO = {"feedback": 3.0}
+FID_RATIO = 2.0
+
+
 def resolve_gates(spec: ForgetSpec, method: str) -> ForgetSpec:
     """``spec`` with every gate limit it left to the method filled in."""
-    if spec.gates.max_invalidity is not None:
+    update = {}
+    if spec.gates.max_invalidity is None:
+        update["max_invalidity"] = DEFAULT_MAX_INVALIDITY.get(method, 0.001)
+    if spec.gates.max_fid_ratio is None:
+        update["max_fid_ratio"] = DEFAULT_MAX_FID_RATIO.get(method, FID_RATIO)
+    if not update:
         return spec
-    gates = spec.gates.model_copy(update={"max_invalidity": DEFAULT_MAX_INVALIDITY.get(method, 0.001)})
-    return spec.model_copy(update={"gates": gates})
+    return spec.model_copy(update={"gates": spec.gates.model_copy(update=update)})
 
 
 def forgotten_classes(parent: dict[str, Any], share_of_class_in_omega: float = 0.5) -> set[int]:
@@ -90,12 +103,16 @@ def generator_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, A
                       limit=g.min_class_share_ratio, passed=ratio >= g.min_class_share_ratio,
                       detail=f"smallest retained-class share ratio by {after['judged_by']['class_shares']}; "
                              f"forgotten classes {sorted(excluded)}"))
-    if g.max_attack_invalidity is not None:
-        worst = after["attack"]["worst_case"]
+    if g.max_attack_invalidity is not None:  # the worst of the attacks (jobs/attacks.py)
+        attack = after["attack"]
+        worst = attack["worst_case"]
+        inversion = attack.get("inversion") or {}
+        inverted = (f", inversion of {inversion['targets']} real examples"
+                    if inversion.get("attack_invalidity") is not None else "")
         gates.append(Gate(name="attack_invalidity", value=worst, limit=g.max_attack_invalidity,
                           passed=worst <= g.max_attack_invalidity,
-                          detail=f"worst case of latent gradient ascent from {after['attack']['starts']} starts "
-                                 "and truncation extremes"))
+                          detail=f"worst of latent gradient ascent from {attack['starts']} starts, truncation "
+                                 f"extremes{inverted}; judged by {attack.get('judged_by', 'the spec checks')}"))
     gates.append(Gate(name="onnx_parity", value=parity, limit=PARITY_LIMIT, passed=parity <= PARITY_LIMIT,
                       detail="max abs difference, PyTorch vs ONNX Runtime, 256 latents"))
     return gates

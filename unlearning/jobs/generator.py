@@ -1,6 +1,6 @@
 """The job steps for a generator (DCGAN, VAE decoder, or any family that samples z -> image):
 a method edits it (and its discriminator, if it has one), the parent and the candidate
-are judged on the same latents, the latent attack runs on both, and the candidate is
+are judged on the same latents, the attacks (gradient and inversion) run on both, and the candidate is
 exported to ONNX (``generator.onnx``)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 
 from unlearning.export import check_onnx_parity, export_generator_onnx
 from unlearning.evaluation import judge
+from unlearning.jobs.attacks import attack_check
 from unlearning.jobs.context import JobContext, Judged, Trained
 from unlearning.jobs.gates import forgotten_classes, generator_gates
 from unlearning.jobs.outcome import Gate, JobOutcome
@@ -20,7 +21,7 @@ from unlearning.methods import (
     DATA_FREE_METHODS, GAN, MethodResult, check_fits_model, choose_method, hyperparameters, run_method,
 )
 from unlearning.metrics import (
-    FID, AttackSettings, ClassShares, Filtered, evaluate, latent_attack, min_share_ratio, redaction_score, reference_stats,
+    FID, AttackSettings, ClassShares, InversionSettings, Filtered, evaluate, min_share_ratio, redaction_score, reference_stats,
 )
 from unlearning.registry import VersionManifest
 from unlearning.runtime import latents
@@ -29,7 +30,6 @@ from unlearning.spec import ForgetSpec
 GATE_SEED = 20_240_601  # parent and candidate are judged on the same latents
 PROBE_SAMPLES = 2000
 SELECTION_MARGIN = 0.5  # epochs are selected at half the gate's invalidity limit
-ATTACK_IMAGES = 64  # attacked samples shown in the report
 
 
 def has_discriminator(manifest: VersionManifest) -> bool:
@@ -98,11 +98,13 @@ class GeneratorJob:
                       progress=lambda done, total: validating.progress(0.4 + 0.4 * done / total,
                                                                        {"model": "candidate"}))
         pictures: dict[str, Any] = {}
-        if omega.has_judge and ctx.spec.gates.attack_starts:
+        if omega.has_judge and ctx.spec.gates.attack_starts:  # the worst case: gradient and inversion (jobs/attacks.py)
             ctx.callbacks.check_cancelled()
             before["attack"], after["attack"], pictures = attack_check(
-                parent, candidate, omega, device, stage(validating, "attack", 0.8, 1.0).progress,
-                settings=AttackSettings(starts=ctx.spec.gates.attack_starts))
+                ctx, parent, candidate, stage(validating, "attack", 0.8, 1.0).progress,
+                gradient=AttackSettings(starts=ctx.spec.gates.attack_starts),
+                inversion=InversionSettings(targets=ctx.spec.gates.inversion_targets)
+                if ctx.spec.gates.inversion_targets else None)
         if "discriminator" in trained.parent and "discriminator" in trained.edited:
             trained.stats["redaction_score"] = _mean_redaction_scores(
                 trained.parent["discriminator"], trained.edited["discriminator"], retained, omega_train)
@@ -153,24 +155,6 @@ def selection_probe(ctx: JobContext, parent: torch.nn.Module):
         return {"fid": measured["fid"]["fid"], "class_balance": balance, "balanced": balance >= target}
 
     return quality
-
-
-def attack_check(parent: torch.nn.Module, candidate: torch.nn.Module, omega, device: torch.device, progress=None,
-                 settings: AttackSettings | None = None):
-    """The latent attack on parent and candidate from the same starts: (parent summary,
-    candidate summary, the first attacked images of each for the report)."""
-    summaries, images = [], {}
-    for i, (name, generator) in enumerate((("parent", parent), ("candidate", candidate))):
-        result = latent_attack(
-            generator, omega, settings, device=device, keep_images=ATTACK_IMAGES,
-            progress=(lambda done, total, i=i, name=name: progress(0.5 * (i + done / total),
-                                                                   {"model": name, "attack": True}))
-            if progress else None,
-        )
-        if "images" in result:
-            images[name] = result.pop("images")
-        summaries.append(result)
-    return summaries[0], summaries[1], images
 
 
 def _mean_redaction_scores(parent_d, candidate_d, retained, omega_train) -> dict[str, float | None]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -87,6 +87,18 @@ class EMA:
 EpochHook = Callable[[int, nn.Module], dict[str, Any] | None]
 
 
+class LatentAdversary(Protocol):
+    """Robust redaction (``methods/robust.py``): latents an attacker would pick, refreshed
+    against the current G; what G draws from them fills ``rows(n)`` of the n generated
+    rows of both the discriminator's fake batch and the generator's batch."""
+
+    def update(self, generator: nn.Module, iteration: int) -> None: ...
+
+    def rows(self, n: int) -> int: ...
+
+    def images(self, generator: nn.Module, k: int, rng: torch.Generator) -> torch.Tensor: ...
+
+
 def train_adversarial(
     gan: GAN,
     real: torch.Tensor,
@@ -98,6 +110,7 @@ def train_adversarial(
     before_epoch: EpochHook | None = None,
     after_epoch: EpochHook | None = None,
     generator_penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+    adversary: LatentAdversary | None = None,
     device: torch.device | None = None,
 ) -> tuple[GAN, list[dict[str, Any]], dict[str, Any]]:
     """Train (G, D) in place on eq. 3; return (GAN with the averaged G, history, stats).
@@ -107,7 +120,10 @@ def train_adversarial(
 
     before_epoch(epoch, G) runs before each epoch (Alg. 2/3 grow the pool there);
     after_epoch(epoch, G_returned) may measure the model; whatever dicts they return go
-    into the history. after_epoch returning {"stop": True} ends training early."""
+    into the history. after_epoch returning {"stop": True} ends training early.
+
+    ``adversary`` (robust redaction) is updated before every iteration and draws part of
+    every generated batch."""
     callbacks = callbacks or Callbacks()
     device = device or next(gan.generator.parameters()).device
     gan.to(device)
@@ -134,10 +150,14 @@ def train_adversarial(
     def returned_generator() -> nn.Module:
         return ema.module if ema else g
 
+    def generated(n: int) -> torch.Tensor:
+        k = adversary.rows(n) if adversary is not None else 0
+        fake = g(torch.randn(n - k, g.latent_dim, generator=rng).to(device))
+        return torch.cat([fake, adversary.images(g, k, rng)]) if k else fake
+
     def fake_batch() -> torch.Tensor:
         n_generated = b if len(pool) == 0 else max(1, round(settings.lam * b))
-        z = torch.randn(n_generated, g.latent_dim, generator=rng).to(device)
-        fake = g(z).detach()
+        fake = generated(n_generated).detach()
         if n_generated < b:
             fake = torch.cat([fake, pool.sample(b - n_generated, rng).to(device)])
         return fake
@@ -156,6 +176,8 @@ def train_adversarial(
         for i in range(batches_per_epoch):
             callbacks.check_cancelled()
             x_real = real[order[i * b : (i + 1) * b]]
+            if adversary is not None:
+                adversary.update(g, steps["iterations"])
             for _ in range(settings.d_steps):
                 loss = discriminator_loss(
                     log_probs(x_real), log_probs(fake_batch()), settings.alpha_pos, settings.alpha_neg
@@ -166,8 +188,7 @@ def train_adversarial(
                 steps["d_steps"] += 1
                 d_loss = loss.item()
             for _ in range(settings.g_steps):
-                z = torch.randn(b, g.latent_dim, generator=rng).to(device)
-                loss = generator_loss(log_probs(g(z)))
+                loss = generator_loss(log_probs(generated(b)))
                 if generator_penalty is not None:
                     penalty = generator_penalty(g)
                     penalty_value = penalty.item()

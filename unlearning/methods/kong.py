@@ -14,6 +14,7 @@ classifier guides D. Real batches are always the training samples outside Omega.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -24,10 +25,11 @@ from unlearning.errors import SpecError
 from unlearning.methods.adversarial import AdversarialSettings, NegativePool, train_adversarial
 from unlearning.methods.base import GAN, MAX_SAMPLES, Callbacks, MethodResult
 from unlearning.methods.losses import SoftGuide
+from unlearning.methods.robust import InversionAdversary, RobustSettings
 from unlearning.methods.selection import BestEpoch, QualityProbe, epoch_monitor
 from unlearning.spec.checks import RedactionSet
 
-class KongHyperparameters(AdversarialSettings):
+class KongHyperparameters(AdversarialSettings, RobustSettings):
     """App. D/E defaults (MNIST): a+ 0.95, a- 0.05, lam 0.85, T 1000, 8 epochs, K_D = K_G = 1.
 
     Additions of ours, all visible here, because a few hundred fine-tuning steps on a small
@@ -35,7 +37,8 @@ class KongHyperparameters(AdversarialSettings):
     per-epoch monitoring of invalidity on ``monitor_samples`` fixed latents (and of quality,
     when the caller passes a probe), and checkpoint selection: the epoch returned is the one
     with the best quality among those whose invalidity is at most ``target_invalidity``;
-    training stops ``patience`` epochs after the last improvement once the target holds."""
+    training stops ``patience`` epochs after the last improvement once the target holds.
+    ``robust``: latent adversarial training against the inversion attack (``robust.py``)."""
 
     # Two departures from App. D/E, measured on the digits default (bench/redaction.py):
     # * epochs 20, not 8: the paper's 8 MNIST epochs are ~7,500 steps; 8 digits epochs are
@@ -129,11 +132,24 @@ def redact(
     monitor = epoch_monitor(omega, best, monitor_samples=hp.monitor_samples, seed=hp.seed + 7,
                             quality=quality, device=device)
 
+    adversary = None
+    if hp.robust:  # robust redaction: invert the method's own forgotten examples during training
+        examples = torch.cat([x for x in (omega_train, omega.negatives) if x is not None]).to(device)
+        if len(examples) == 0:
+            raise SpecError("robust: no forgotten example to invert (no training image lies in Omega "
+                            "and no negative was uploaded)")
+        adversary = InversionAdversary(examples, gan.generator.latent_dim, hp, hp.seed + 11, device)
+
     callbacks = callbacks or Callbacks()
+    started = time.monotonic()
     result, history, stats = train_adversarial(
         gan, retained, hp, pool=pool, guides=guides, callbacks=callbacks,
-        before_epoch=grow_pool, after_epoch=monitor, device=device,
+        before_epoch=grow_pool, after_epoch=monitor, adversary=adversary, device=device,
     )
+    if adversary is not None:  # what robustness cost: the inversions' share of training
+        training_s = time.monotonic() - started
+        stats["robust"] = {**adversary.stats, "examples": len(adversary.examples), "training_s": training_s,
+                           "inversion_share": adversary.stats["inversion_s"] / max(training_s, 1e-9)}
     if hp.select_best and best.state is not None:
         result.generator.load_state_dict(best.state)
         stats["selected_epoch"] = best.epoch

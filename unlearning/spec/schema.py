@@ -421,13 +421,17 @@ class Gates(_Strict):
         None, ge=0.0, allow_inf_nan=False,
         description="FID may rise at most this much over the filtered parent (in the extractor's units; off by default)")
     max_fid_ratio: float | None = Field(
-        2.0, ge=1.0, allow_inf_nan=False,
+        None, ge=1.0, allow_inf_nan=False,
         description="FID may be at most this multiple of the filtered parent's (scale-free, so it means the same "
-                    "on every domain and extractor)")
+                    "on every domain and extractor); default: the method's (2; feedback: 3; "
+                    "unlearning.jobs.gates.DEFAULT_MAX_FID_RATIO)")
     eval_samples: int = Field(50_000, ge=100, le=1_000_000)
     max_attack_invalidity: _Probability | None = Field(None, ge=0.0, le=1.0)
     attack_starts: int = Field(256, ge=0, le=100_000,
                                description="random latents the worst-case attack climbs from (0: no attack)")
+    inversion_targets: int = Field(32, ge=0, le=10_000,
+                                   description="real examples of what was forgotten the inversion attack tries to "
+                                               "reproduce (0: no inversion)")
     min_class_share_ratio: _Probability = Field(
         0.5,
         ge=0.0,

@@ -9,9 +9,9 @@ the write that depends on it can never interleave with another's."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
-from collections.abc import Iterator
 from typing import Any, Protocol
 
 from unlearning.errors import NotFoundError
@@ -26,20 +26,18 @@ class Connection(Protocol):
 ACTIVE_SQL = "('running', 'validating')"
 
 
-class SqlStore:
+class SqlStore(abc.ABC):
     """Base of the SQLite and PostgreSQL stores; ``JobQueue`` and ``AuditTrail`` are its jobs."""
 
     backend = "sql"
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[Connection]:  # pragma: no cover - each back end has its own
-        raise NotImplementedError
-        yield
+    @abc.abstractmethod
+    def _connect(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection for one read."""
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:  # pragma: no cover
-        raise NotImplementedError
-        yield
+    @abc.abstractmethod
+    def _write(self) -> contextlib.AbstractContextManager[Connection]:
+        """One write transaction holding the database's write lock from its first statement."""
 
     @staticmethod
     def _record(row) -> JobRecord:
