@@ -302,19 +302,26 @@ def class_target(registry, domain, parent, sets, device) -> Target:
                   attacks=ClassAttack(registry, domain, [class_rule(domain, label)]))
 
 
-def slant_target(registry, domain, parent, device) -> Target:
-    """Omega = 'slant reaches the parent's top decile' (a pixel measure no method sees),
-    reference = training digits below it, marks = the samples at or above it."""
+def slant_threshold(generator, device) -> float:
+    """The top decile of the generator's pixel slant on THRESHOLD_N samples of THRESHOLD_SEED."""
     import torch
 
     from unlearning.metrics.features import slant
     from unlearning.runtime import latents
+
+    with torch.no_grad():
+        z = latents(THRESHOLD_N, generator.latent_dim, THRESHOLD_SEED).to(device)
+        return float(slant(generator.eval()(z)).quantile(0.9))
+
+
+def slant_target(registry, domain, parent, device) -> Target:
+    """Omega = 'slant reaches the parent's top decile' (a pixel measure no method sees),
+    reference = training digits below it, marks = the samples at or above it."""
+    from unlearning.metrics.features import slant
     from unlearning.spec.checks import RedactionSet
 
     generator = registry.load_generator(parent.version).to(device)
-    with torch.no_grad():
-        z = latents(THRESHOLD_N, generator.latent_dim, THRESHOLD_SEED).to(device)
-        threshold = float(slant(generator.eval()(z)).quantile(0.9))
+    threshold = slant_threshold(generator, device)
     leaning = RedactionSet(validity_checks=[lambda x: slant(x) >= threshold])
     train = domain.train.images
     return Target("slant", parent, pretraining_record(parent), domain, leaning, None,

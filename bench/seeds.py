@@ -89,7 +89,7 @@ def run_feedback(registry, seed: int, device, eval_samples: int) -> dict[str, An
     base = build_model(registry, "digits", recipe, epochs=None, seed=seed, device=device, show_progress=False)
     parent = registry.load_generator(base.version).to(device).eval()
     threshold = slant_threshold(parent, device)
-    spec = {"name": f"seeds-feedback-{seed}", "method": "feedback", "sets": [simulated_marks(parent, threshold, device)],
+    spec = {"name": f"seeds-feedback-{seed}", "method": "feedback", "sets": [simulated_marks(parent, lambda x: slant(x) >= threshold, device)],
             "hyperparameters": {"boundary": 0.0, "seed": seed},
             "gates": {"max_invalidity": 0.05, "eval_samples": eval_samples}}
     started = time.monotonic()
