@@ -345,7 +345,7 @@ def one_run(row: Row, seed: int, *, registry, target: Target, forget: int, uploa
     """One job and its judging: (the run's record, the candidate generator or None)."""
     from unlearning.jobs import run_redaction
     from unlearning.methods.base import Callbacks
-    from unlearning.metrics import min_share_ratio
+    from unlearning.metrics import min_share_ratio, retained_shares
 
     hyper: dict[str, Any] = {**row.hyperparameters, **(row.slant_hyperparameters if target.task == "slant" else {}),
                              **(QUICK[row.method] if args.quick else {}), "seed": seed}
@@ -396,7 +396,7 @@ def one_run(row: Row, seed: int, *, registry, target: Target, forget: int, uploa
         "fid_reference": target.reference_name,
         "fid_over_filtered_base": after["fid"] / filtered if filtered else None,
         "class_shares": after["class_shares"],
-        "min_retained_share_ratio": finite(min_share_ratio(before["class_shares"], after["class_shares"],
+        "min_retained_share_ratio": finite(min_share_ratio(retained_shares(before), after["class_shares"],
                                                            target.excluded)),
         "attack_worst_case": attack.get("worst_case"),
         "attack_random_invalidity": attack.get("random_invalidity"),

@@ -11,7 +11,8 @@ gets a base model pre-trained with that seed, and the job runs on it through the
   of held-out inputs, FID on the judge's features).
 * ``feedback-dcgan``: the DCGAN forgets "leans left" from a person's marks (simulated from
   the top decile of pixel slant, a measure the method never sees; ``boundary: 0``).
-  Bounds: every retained class keeps >= half its share (the gate, by the judge's classes),
+  Bounds: every retained class keeps >= half its share among the parent's samples outside
+  Omega (the gate, by the judge's classes),
   the left-leaning share falls >= 5x and FID against the digits without the feature (the
   judge's features) rises <= 1.5x (tests/test_feedback.py), judged on 10,000 latents the
   job never saw.
@@ -58,13 +59,22 @@ def fresh_home(domain_home: Path, root: Path, seed: int) -> Path:
     return home
 
 
-def run_i2i(registry, seed: int, device, eval_samples: int) -> dict[str, Any]:
+def seeded_base(registry, model: str, seed: int, device):
+    """The seed's base of ``model``: the home's first version when a kept home has one
+    (--keep-homes), else pre-trained now with that seed."""
     from unlearning.bootstrap import build_model
     from unlearning.domains import BUILTIN_DOMAINS
+
+    if registry.active(model):
+        return registry.get(f"{model}-v1")
+    recipe = BUILTIN_DOMAINS["digits"].recipe(model)
+    return build_model(registry, "digits", recipe, epochs=None, seed=seed, device=device, show_progress=False)
+
+
+def run_i2i(registry, seed: int, device, eval_samples: int) -> dict[str, Any]:
     from unlearning.jobs import run_redaction
 
-    recipe = BUILTIN_DOMAINS["digits"].recipe("digits-inpainter")
-    base = build_model(registry, "digits", recipe, epochs=None, seed=seed, device=device, show_progress=False)
+    base = seeded_base(registry, "digits-inpainter", seed, device)
     spec = {"name": f"seeds-i2i-{seed}", "sets": [ZERO_RULE], "hyperparameters": {"retain": "proxy", "seed": seed}}
     started = time.monotonic()
     outcome = run_redaction(spec, registry=registry, parent=base.version, activate=False, device=device)
@@ -78,15 +88,12 @@ def run_feedback(registry, seed: int, device, eval_samples: int) -> dict[str, An
     import torch
 
     from redaction import simulated_marks, slant_threshold
-    from unlearning.bootstrap import build_model
-    from unlearning.domains import BUILTIN_DOMAINS
     from unlearning.evaluation import judge, load_domain
     from unlearning.jobs import run_redaction
     from unlearning.metrics.features import slant
     from unlearning.runtime import latents
 
-    recipe = BUILTIN_DOMAINS["digits"].recipe("digits")
-    base = build_model(registry, "digits", recipe, epochs=None, seed=seed, device=device, show_progress=False)
+    base = seeded_base(registry, "digits", seed, device)
     parent = registry.load_generator(base.version).to(device).eval()
     threshold = slant_threshold(parent, device)
     spec = {"name": f"seeds-feedback-{seed}", "method": "feedback", "sets": [simulated_marks(parent, lambda x: slant(x) >= threshold, device)],
@@ -175,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--domain-home", type=Path, default=None,
                         help="a LETHE_HOME holding the digits domain (default: bootstrap one in a temporary folder)")
+    parser.add_argument("--keep-homes", type=Path, default=None,
+                        help="keep each seed's home (its pre-trained base) in this folder and reuse it next time")
     parser.add_argument("--eval-samples", type=int, default=10_000, help="gate samples of the feedback job")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, default=None)
@@ -206,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for row in rows:
             log(f"{row}, seed {seed}")
-            registry = Registry(fresh_home(domain_home, root / row, seed))
+            kept = args.keep_homes / row / f"seed-{seed}" if args.keep_homes else None
+            registry = Registry(kept if kept and kept.exists() else
+                                fresh_home(domain_home, kept.parent if kept else root / row, seed))
             result: dict[str, Any] = {"row": row, "seed": seed}
             try:
                 result.update(RUNNERS[row](registry, seed, device, args.eval_samples))
@@ -215,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["error"] = f"{type(exc).__name__}: {exc}"
             log(f"  {json.dumps({k: finite(v) for k, v in result.items()}, default=str)}")
             runs.append({k: finite(v) for k, v in result.items()})
-            shutil.rmtree(registry.home, ignore_errors=True)
+            if not args.keep_homes:
+                shutil.rmtree(registry.home, ignore_errors=True)
     doc = {"runs": runs, "summary": summarise(runs), "date": datetime.now(timezone.utc).date().isoformat(),
            "command": "bench/seeds.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": {"platform": platform.platform(), "cpu_count": __import__("os").cpu_count(),

@@ -30,6 +30,7 @@ from starlette.routing import Route
 from service.admin_auth import ACTOR_SCOPE_KEY, BearerAuth, actor_key
 from service.http_limits import RequestTooLarge
 from service.settings import Settings
+from service.staging import UPLOAD_NAME, save_part
 from service.uploads import remove_ended
 from unlearning.errors import ConflictError, IntegrityError, LetheError, NotFoundError
 from unlearning.names import shown
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 MAX_FILES = 32
 LIST_MAX_LIMIT = 1000
 SPEC_TYPES = ("application/json", "application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
-_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_COPY_CHUNK = 1 << 20
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -188,15 +187,9 @@ class AdminAPI:
                         spec_bytes = await value.read(1 << 20)
                         continue
                     name = Path(value.filename or key).name
-                    if not _UPLOAD_NAME.match(name):
+                    if not UPLOAD_NAME.match(name):
                         raise LetheError(f"upload name {shown(value.filename)} is not allowed: use letters, digits, '_', '.', '-'")
-                    staging.mkdir(parents=True, exist_ok=True)
-                    target = staging / name
-                    if target.exists():
-                        raise LetheError(f"file {name!r} was uploaded twice")
-                    with open(target, "wb") as out:
-                        while chunk := await value.read(_COPY_CHUNK):
-                            out.write(chunk)
+                    await save_part(value, staging, name)
                 elif key == "spec":
                     spec_bytes = value.encode()
                 elif key == "from":

@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import uuid
@@ -31,6 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from service.staging import UPLOAD_NAME, save_part
 from unlearning.errors import ConflictError, IntegrityError, LetheError, NotFoundError
 from unlearning.importing.sources import UPLOAD_NAMES, check_upload_name, find_components
 from unlearning.names import shown
@@ -42,8 +42,6 @@ IMPORT_TIMEOUT_S = 100.0  # under the service's traffic timeout (120 s), which w
 FIELDS = ("model", "domain", "activate")
 # the import process's error kinds, raised again here so the admin API answers them as its own
 ERRORS_OF_KIND = {"NotFoundError": NotFoundError, "ConflictError": ConflictError, "IntegrityError": IntegrityError}
-_CHUNK = 1 << 20
-_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # as the redaction uploads' rule
 
 
 def _truthy(text: str | None, name: str) -> bool:
@@ -64,17 +62,11 @@ async def read_import_form(request: Request, staging: Path) -> dict[str, str]:
             if isinstance(value, UploadFile):
                 filename = Path(value.filename or "").name
                 name = key if key in UPLOAD_NAMES else filename
-                if name not in UPLOAD_NAMES and not _UPLOAD_NAME.match(name):
+                if name not in UPLOAD_NAMES and not UPLOAD_NAME.match(name):
                     raise LetheError(f"file part {shown(key)} ({shown(filename)}) is not a component file: name the "
                                      f"part {', '.join(sorted(UPLOAD_NAMES))}")
                 check_upload_name(name)
-                staging.mkdir(parents=True, exist_ok=True)
-                target = staging / name
-                if target.exists():
-                    raise LetheError(f"file {name!r} was uploaded twice")
-                with open(target, "wb") as out:
-                    while chunk := await value.read(_CHUNK):
-                        out.write(chunk)
+                await save_part(value, staging, name)
             elif key in UPLOAD_NAMES:  # a file sent as a plain field (curl -F 'generator.json=<file')
                 staging.mkdir(parents=True, exist_ok=True)
                 if (staging / key).exists():

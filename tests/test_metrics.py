@@ -24,8 +24,10 @@ from unlearning.metrics import (
     evaluate,
     frechet_distance,
     generated_batches,
+    forgotten_classes,
     min_share_ratio,
     redaction_score,
+    retained_shares,
     reference_stats,
 )
 from unlearning.models import Classifier, DCGANConfig, Discriminator, Generator
@@ -199,6 +201,21 @@ def test_class_shares_sum_to_one_and_min_share_ratio():
     assert min_share_ratio(base, new, exclude={0}) == pytest.approx(0.4)
     assert min_share_ratio(base, new, exclude={0, 9}) == pytest.approx(1.0)
     assert min_share_ratio([0.0, 1.0], [0.5, 0.5], exclude={1}) == math.inf
+
+
+def test_class_balance_is_against_what_rejection_sampling_keeps():
+    """Digits forgetting "leans left": about half the 6s lean left, so the ideal redaction
+    (the parent without Omega) halves their share. Against the raw parent a perfect edit
+    would sit at the 0.5 limit; against the parent outside Omega it scores 1."""
+    parent = {"samples": 1000, "class_shares": [0.5, 0.3, 0.2], "omega_class_counts": [0, 100, 190]}
+    assert forgotten_classes(parent) == {2}  # 190 of its 200 samples lie in Omega
+    kept = retained_shares(parent)  # 500, 200 and 10 of the 710 samples outside Omega
+    assert kept == pytest.approx([500 / 710, 200 / 710, 10 / 710])
+    ideal = kept  # rejection sampling
+    assert min_share_ratio(kept, ideal, forgotten_classes(parent)) == pytest.approx(1.0)
+    assert min_share_ratio(parent["class_shares"], ideal, forgotten_classes(parent)) == pytest.approx(0.939, abs=1e-3)
+    # nothing in Omega (or no counts): the parent's own shares
+    assert retained_shares({"samples": 10, "class_shares": [0.4, 0.6]}) == [0.4, 0.6]
 
 
 def test_redaction_score_is_difference_of_probabilities():

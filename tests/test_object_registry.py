@@ -41,6 +41,15 @@ def _instance(tmp_path: Path, name: str, shared) -> Registry:
     return Registry(tmp_path / name, database_url_=db, registry_url_=bucket)
 
 
+def on_every_registry(work, registries: list[Registry]) -> None:
+    """``work(registry, i)`` on every registry at once, one thread each (two minutes at most)."""
+    threads = [threading.Thread(target=work, args=(r, i)) for i, r in enumerate(registries)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+
+
 def test_two_instances_share_versions_pointers_and_classifiers(shared, tmp_path):
     a, b = _instance(tmp_path, "a", shared), _instance(tmp_path, "b", shared)
     first = a.create_version("digits", _writer("one"), status="promoted")
@@ -80,11 +89,7 @@ def test_version_numbers_are_unique_across_instances(shared, tmp_path):
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(r, i)) for i, r in enumerate(registries)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    on_every_registry(work, registries)
     assert not errors, errors
     assert sorted(made, key=lambda v: int(v.rsplit("v", 1)[1])) == [f"digits-v{n}" for n in range(1, 13)]
 
@@ -114,11 +119,7 @@ def test_a_new_models_name_is_taken_for_every_instance(shared, s3, tmp_path):
         except ConflictError as exc:
             refused.append(exc)
 
-    threads = [threading.Thread(target=work, args=(r, i)) for i, r in enumerate(registries)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    on_every_registry(work, registries)
     assert made == ["byo-v1"] and len(refused) == 3 and all("'byo' is taken" in str(e) for e in refused)
     assert [m.version for m in registries[3].list_versions("byo")] == ["byo-v1"]
 

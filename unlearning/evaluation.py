@@ -27,7 +27,7 @@ from unlearning.metrics import (
 )
 from unlearning.spec.checks import RedactionSet
 
-__all__ = ["Domain", "load_domain", "judge", "forgotten_classes", "judge_inpainter"]
+__all__ = ["Domain", "load_domain", "judge", "judge_inpainter"]
 
 
 def judge(
@@ -96,14 +96,6 @@ def judge(
         out["filtered_kept"] = raw["filtered"]["kept"]
         out["judged_by"]["filtered_fid"] = domain.judge_name if judged is not None else "the spec's checks"
     return out
-
-
-def forgotten_classes(parent: dict[str, Any], share_of_class_in_omega: float = 0.5) -> set[int]:
-    """Classes most of whose samples (in the parent) lie in Omega: the ones being forgotten,
-    which the class-balance gate must not count."""
-    counts = [round(s * parent["samples"]) for s in parent["class_shares"]]
-    omega_counts = parent.get("omega_class_counts") or [0] * len(counts)
-    return {k for k, (c, o) in enumerate(zip(counts, omega_counts)) if c and o / c >= share_of_class_in_omega}
 
 
 @torch.no_grad()

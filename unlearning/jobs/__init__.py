@@ -3,7 +3,6 @@
 returns (``outcome.py``) and how its version is stored (``storage.py``). The CLI and the
 service both call :func:`run_redaction`; the service refuses bad requests with :func:`preflight`."""
 
-from unlearning.jobs.gates import forgotten_classes
 from unlearning.jobs.attacks import attack_check
 from unlearning.jobs.generator import GATE_SEED
 from unlearning.jobs.image_to_image import forget_mask
@@ -14,6 +13,6 @@ from unlearning.jobs.storage import store_version
 
 __all__ = [
     "DEFAULT_MODEL", "GATE_SEED", "Gate", "JobOutcome", "PreparedSets", "attack_check", "forget_mask",
-    "forgotten_classes", "preflight", "prepare_redaction_set", "probe_checks", "resolve_parent", "run_redaction",
+    "preflight", "prepare_redaction_set", "probe_checks", "resolve_parent", "run_redaction",
     "store_version",
 ]

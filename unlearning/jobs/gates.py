@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from unlearning.jobs.outcome import Gate
-from unlearning.metrics import min_share_ratio
+from unlearning.metrics import forgotten_classes, min_share_ratio, retained_shares
 from unlearning.spec import ForgetSpec
 
 PARITY_LIMIT = 1e-4
@@ -48,14 +48,6 @@ def resolve_gates(spec: ForgetSpec, method: str) -> ForgetSpec:
     if not update:
         return spec
     return spec.model_copy(update={"gates": spec.gates.model_copy(update=update)})
-
-
-def forgotten_classes(parent: dict[str, Any], share_of_class_in_omega: float = 0.5) -> set[int]:
-    """Classes (the judge's) most of whose samples, in the parent, lie in Omega: the ones
-    being forgotten, which the class-balance gate must not count."""
-    counts = [round(s * parent["samples"]) for s in parent["class_shares"]]
-    omega_counts = parent.get("omega_class_counts") or [0] * len(counts)
-    return {k for k, (c, o) in enumerate(zip(counts, omega_counts)) if c and o / c >= share_of_class_in_omega}
 
 
 def max_judge_invalidity(spec: ForgetSpec) -> float:
@@ -98,11 +90,11 @@ def generator_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, A
         gates.append(Gate(name="fid_increase", value=increase, limit=g.max_fid_increase,
                           passed=increase <= g.max_fid_increase, detail=detail))
     excluded = forgotten_classes(before)
-    ratio = min_share_ratio(before["class_shares"], after["class_shares"], excluded)
+    ratio = min_share_ratio(retained_shares(before), after["class_shares"], excluded)
     gates.append(Gate(name="class_balance", value=ratio if ratio != float("inf") else None,
                       limit=g.min_class_share_ratio, passed=ratio >= g.min_class_share_ratio,
-                      detail=f"smallest retained-class share ratio by {after['judged_by']['class_shares']}; "
-                             f"forgotten classes {sorted(excluded)}"))
+                      detail=f"smallest retained-class share ratio by {after['judged_by']['class_shares']}, "
+                             f"against the parent's samples outside Omega; forgotten classes {sorted(excluded)}"))
     if g.max_attack_invalidity is not None:  # the worst of the attacks (jobs/attacks.py)
         attack = after["attack"]
         worst = attack["worst_case"]

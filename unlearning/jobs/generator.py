@@ -14,14 +14,15 @@ from unlearning.export import check_onnx_parity, export_generator_onnx
 from unlearning.evaluation import judge
 from unlearning.jobs.attacks import attack_check
 from unlearning.jobs.context import JobContext, Judged, Trained
-from unlearning.jobs.gates import forgotten_classes, generator_gates
+from unlearning.jobs.gates import generator_gates
 from unlearning.jobs.outcome import Gate, JobOutcome
 from unlearning.jobs.stages import stage
 from unlearning.methods import (
     DATA_FREE_METHODS, GAN, MethodResult, check_fits_model, choose_method, hyperparameters, run_method,
 )
 from unlearning.metrics import (
-    FID, AttackSettings, ClassShares, InversionSettings, Filtered, evaluate, min_share_ratio, redaction_score, reference_stats,
+    FID, AttackSettings, ClassShares, InversionSettings, Filtered, evaluate, forgotten_classes, min_share_ratio,
+    redaction_score, reference_stats, retained_shares,
 )
 from unlearning.registry import VersionManifest
 from unlearning.runtime import latents
@@ -128,8 +129,9 @@ class GeneratorJob:
 
 def selection_probe(ctx: JobContext, parent: torch.nn.Module):
     """What a method's checkpoint selection may look at after each epoch: FID on 2,000
-    fixed latents and the smallest retained-class share ratio against the parent, both in
-    the *guide's* feature space and classes (the judge stays unseen by every method)."""
+    fixed latents and the smallest retained-class share ratio against the parent's samples
+    outside Omega (as the gate), both in the *guide's* feature space and classes (the judge
+    stays unseen by every method)."""
     domain, device = ctx.domain, ctx.device
     features = domain.guide_features()
     retained, _ = ctx.omega.training_split(domain.train.images.to(device))
@@ -141,10 +143,9 @@ def selection_probe(ctx: JobContext, parent: torch.nn.Module):
     if ctx.omega.has_judge:
         probes["omega"] = Filtered(ClassShares(domain.guide, domain.num_classes), ctx.omega.in_omega)
     parent_probe = evaluate(parent.to(device), PROBE_SAMPLES, probes, seed=seed, device=device)
-    parent_shares = parent_probe["shares"]["shares"]
     counts = parent_probe.get("omega", {}).get("counts") or [0] * domain.num_classes
-    forgotten = forgotten_classes({"samples": PROBE_SAMPLES, "class_shares": parent_shares,
-                                   "omega_class_counts": counts})
+    parent = {"samples": PROBE_SAMPLES, "class_shares": parent_probe["shares"]["shares"], "omega_class_counts": counts}
+    forgotten, parent_shares = forgotten_classes(parent), retained_shares(parent)
 
     def quality(generator: torch.nn.Module) -> dict[str, Any]:
         measured = evaluate(generator, PROBE_SAMPLES, {

@@ -4,7 +4,7 @@ the redaction score and the worst-case attacks (gradient and inversion), all wit
 
 from unlearning.metrics.attack import AttackSettings, latent_attack
 from unlearning.metrics.base import StreamingMetric
-from unlearning.metrics.class_balance import ClassShares, min_share_ratio
+from unlearning.metrics.class_balance import ClassShares, forgotten_classes, min_share_ratio, retained_shares
 from unlearning.metrics.extractors import InceptionExtractor, classifier_extractor
 from unlearning.metrics.fid import FID, FeatureStats, frechet_distance, reference_stats
 from unlearning.metrics.filtered import Filtered
@@ -16,7 +16,7 @@ from unlearning.metrics.sampling import evaluate, generated_batches
 
 __all__ = [
     "AttackSettings", "latent_attack", "InversionSettings", "inversion_attack",
-    "StreamingMetric", "ClassShares", "min_share_ratio", "InceptionExtractor", "classifier_extractor",
+    "StreamingMetric", "ClassShares", "forgotten_classes", "min_share_ratio", "retained_shares", "InceptionExtractor", "classifier_extractor",
     "FID", "Filtered", "FeatureStats", "frechet_distance", "reference_stats", "InceptionScore",
     "inception_score_from_log_probs", "Invalidity", "redaction_score", "evaluate", "generated_batches",
 ]

@@ -1,5 +1,6 @@
 """Class shares: how generated samples spread over the label classifier's classes, and the
-gate built on them ("no retained class drops below half its base share")."""
+gate built on them ("no retained class drops below half its share in the parent without
+what is forgotten")."""
 
 from __future__ import annotations
 
@@ -44,6 +45,27 @@ class ClassShares:
             raise LetheError("class shares need at least one sample")
         counts = self._counts.tolist()
         return {"shares": [c / samples for c in counts], "counts": counts, "samples": samples}
+
+
+def forgotten_classes(parent: dict[str, Any], share_of_class_in_omega: float = 0.5) -> set[int]:
+    """Classes most of whose samples (in the parent: ``samples``, ``class_shares``,
+    ``omega_class_counts``) lie in Omega: the ones being forgotten, which the class-balance
+    gate must not count."""
+    counts = [round(s * parent["samples"]) for s in parent["class_shares"]]
+    omega_counts = parent.get("omega_class_counts") or [0] * len(counts)
+    return {k for k, (c, o) in enumerate(zip(counts, omega_counts)) if c and o / c >= share_of_class_in_omega}
+
+
+def retained_shares(parent: dict[str, Any]) -> list[float]:
+    """The parent's class shares among its samples outside Omega: what rejection sampling,
+    the ideal redaction, keeps. Class balance is measured against these, as FID is against
+    the filtered parent: where half of a class lies in Omega (digits: about half the 6s lean
+    left), removing Omega halves that class's share, and only what is left should be kept."""
+    n = parent["samples"]
+    omega_counts = parent.get("omega_class_counts") or [0] * len(parent["class_shares"])
+    kept = [max(s * n - o, 0.0) for s, o in zip(parent["class_shares"], omega_counts)]
+    total = sum(kept)
+    return [k / total for k in kept] if total > 0 else list(parent["class_shares"])
 
 
 def min_share_ratio(base_shares: Sequence[float], new_shares: Sequence[float], exclude: set[int]) -> float:

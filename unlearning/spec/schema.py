@@ -436,7 +436,8 @@ class Gates(_Strict):
         0.5,
         ge=0.0,
         le=1.0,
-        description="no retained class may drop below this fraction of its share in the parent",
+        description="no retained class may drop below this fraction of its share among the parent's "
+                    "samples outside Omega",
     )
     # image-to-image models (Li et al.): quality on the retain and forget inputs, separately
     max_retain_fid_ratio: float = Field(
