@@ -35,15 +35,12 @@ BENCH_INVERSION = {"targets": 32, "starts": 8, "steps": 300, "lr": 0.05}
 
 
 class ClassAttack:
-    """The attacks of a class-forgetting task on one domain, prepared once (Omega by the
-    guide, its mirror by the judge)."""
+    """The attacks of a class-forgetting task on one domain, on sets the caller prepared
+    once (``prepare_redaction_set``: Omega by the guide, its mirror by the judge)."""
 
-    def __init__(self, registry, domain, sets: list[dict[str, Any]]):
-        from unlearning.jobs import prepare_redaction_set
-        from unlearning.spec import load_spec
-
+    def __init__(self, domain, prepared):
         self.domain = domain
-        self.prepared = prepare_redaction_set(load_spec({"name": "bench-attack", "sets": sets}), registry, domain, None)
+        self.prepared = prepared
         if self.prepared.judged is None:
             raise ValueError("the attack columns need a rule naming the domain's guide (its judge mirrors it)")
 

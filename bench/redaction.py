@@ -299,7 +299,7 @@ def class_target(registry, domain, parent, sets, device) -> Target:
     reference = domain.reference(domain.train.images[domain.train.labels != label])
     return Target("class", parent, pretraining_record(parent), domain, sets.omega, sets.judged, reference,
                   f"training images other than {domain.labels[label]!r}", {label}, marks,
-                  attacks=ClassAttack(registry, domain, [class_rule(domain, label)]))
+                  attacks=ClassAttack(domain, sets))
 
 
 def slant_threshold(generator, device) -> float:
