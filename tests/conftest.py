@@ -3,8 +3,10 @@
 ``base_home`` is the embedded default exactly as `lethe bootstrap` builds it (full
 pre-training: a few minutes on 2 cores); ``quick_home`` shares its domain (guide and judge)
 and its VAE and inpainter, with a 2-epoch DCGAN, for tests of error paths that need a
-registry but not a good generator. Tests that change state work on a copy (``base_copy`` /
-``quick_copy``). A developer may set ``LETHE_TEST_BASE_HOME`` (``LETHE_TEST_QUICK_HOME``) to a home
+registry but not a good generator; ``fashion_home`` holds the Fashion-MNIST domain and its
+base DCGAN, registered from committed weights (``tests/fashion.py``). Tests that change
+state work on a copy (``base_copy`` / ``quick_copy`` / ``fashion_copy``). A developer may set
+``LETHE_TEST_BASE_HOME`` (``LETHE_TEST_QUICK_HOME``, ``LETHE_TEST_FASHION_HOME``) to a home
 already built: it is copied, and what it lacks is added."""
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ def quick_home(tmp_path_factory, request) -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def fashion_home(tmp_path_factory) -> Path:
+    from fashion import build_fashion_home
+
+    home = tmp_path_factory.mktemp("fashion") / "home"
+    reuse = os.environ.get("LETHE_TEST_FASHION_HOME")
+    if reuse:
+        shutil.copytree(reuse, home)
+        return home
+    return build_fashion_home(home)
+
+
 def _copy(home: Path, tmp_path: Path, monkeypatch) -> Path:
     target = tmp_path / "home"
     shutil.copytree(home, target)
@@ -67,6 +81,11 @@ def base_copy(base_home, tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def quick_copy(quick_home, tmp_path, monkeypatch) -> Path:
     return _copy(quick_home, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def fashion_copy(fashion_home, tmp_path, monkeypatch) -> Path:
+    return _copy(fashion_home, tmp_path, monkeypatch)
 
 
 def snapshot(home: Path) -> dict[str, bytes]:

@@ -353,7 +353,7 @@ def build_parser(service_commands: Callable[[Any], None] | None = None) -> argpa
 
     p = sub.add_parser("bootstrap", help="build a domain and its base models (idempotent; default: digits)")
     p.add_argument("--domain", default=DEFAULT_DOMAIN,
-                   help="a built-in domain (digits) or one registered with `lethe domain add`")
+                   help="a built-in domain (digits, fashion-mnist) or one registered with `lethe domain add`")
     p.add_argument("--model", action="append", default=None,
                    help="build only this model of the domain (repeatable; default: all of them)")
     p.add_argument("--epochs", type=int, default=None,
@@ -384,7 +384,7 @@ def build_parser(service_commands: Callable[[Any], None] | None = None) -> argpa
     p = sub.add_parser("redact", help="run a forget job offline (same code as the API)")
     p.add_argument("spec", help="forget specification, JSON or YAML")
     p.add_argument("--from", dest="from_version", default=None, help="parent version (default: the model's active)")
-    p.add_argument("--model", default=None, help=f"hosted model, e.g. digits-vae or digits-inpainter (default: the only served one, else {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None, help=f"hosted model, e.g. fashion or digits-inpainter (default: the only served one, else {DEFAULT_MODEL})")
     p.add_argument("--uploads", default=None, help="folder holding the spec's files (default: the spec's folder)")
     p.add_argument("--report", default=None, help="report root (default: $LETHE_HOME/reports)")
     p.add_argument("--no-activate", action="store_true", help="register but do not activate")

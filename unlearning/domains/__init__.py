@@ -12,11 +12,11 @@ two made each number; "independent" means the judge.
 
 from __future__ import annotations
 
-from unlearning.domains import digits
+from unlearning.domains import digits, fashion_mnist
 from unlearning.domains.builtin import BuiltinDomain, ModelRecipe
 from unlearning.runtime import DEFAULT_DOMAIN
 
-BUILTIN_DOMAINS: dict[str, BuiltinDomain] = {d.name: d for d in (digits.DOMAIN,)}
+BUILTIN_DOMAINS: dict[str, BuiltinDomain] = {d.name: d for d in (digits.DOMAIN, fashion_mnist.DOMAIN)}
 
 
 def builtin_for_model(model: str) -> BuiltinDomain | None:

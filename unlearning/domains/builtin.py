@@ -1,6 +1,6 @@
 """What a built-in domain is: where its data comes from, its class names, and the models
 ``lethe bootstrap --domain NAME`` trains for it (recipes). Each built-in domain lives in a
-file of its own (``digits.py``) and is registered in ``__init__.py``.
+file of its own (``digits.py``, ``fashion_mnist.py``) and is registered in ``__init__.py``.
 
 A recipe names a registry model, its family (``dcgan``, ``vae``, ``inpainter``), the
 family's config and two training schedules: ``cpu`` (the default without CUDA, sized to
