@@ -68,8 +68,10 @@ DOMAIN = BuiltinDomain(
             cpu=VAETraining(epochs=10, batch_size=128), cuda=VAETraining(epochs=60, batch_size=128),
         ),
     ),
-    guide_training=ClassifierTraining(epochs=4, batch_size=128, seed=0),
-    judge_training=ClassifierTraining(epochs=4, batch_size=128, seed=1),
+    # Measured on 2 CPU cores: the guide (pyramid layout) reaches about 90 % held-out in 5
+    # epochs (under 2 minutes); the judge's all-convolutional body learns slower per epoch.
+    guide_training=ClassifierTraining(epochs=5, batch_size=64, lr=2e-3, seed=0),
+    judge_training=ClassifierTraining(epochs=8, batch_size=64, lr=2e-3, seed=1),
     min_accuracy=0.88,
     default_model="fashion",
 )

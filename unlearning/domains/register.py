@@ -76,8 +76,7 @@ def register_domain(
         rest, part = stratified_split(train.labels.numpy(), HELD_OUT_FRACTION)
         train, held_out = _take(train, rest), _take(train, part)
     guide_idx, judge_idx = guide_and_judge(train.labels.numpy())
-    c, h, _ = train.images.shape[1:]
-    config = ClassifierConfig(resolution=h, channels=c, num_classes=len(labels), labels=list(labels))
+    config = ClassifierConfig.for_images(tuple(train.images.shape[1:]), list(labels))
 
     started = time.monotonic()
     if trained is not None:
