@@ -52,8 +52,8 @@ def test_forgetting_trousers_over_http_while_the_digits_keep_serving(server):
     digits_version, digits_images, _ = server.images(16, seed=3, model="digits")
 
     spec = {"name": "forget-trousers", "sets": [FORGET_TROUSERS],
-            "hyperparameters": {"epochs": 6, "monitor_samples": 1000},
-            "gates": {"eval_samples": 5000, "max_invalidity": 0.01, "attack_starts": 32}}
+            "hyperparameters": {"epochs": 4, "monitor_samples": 500},
+            "gates": {"eval_samples": 2000, "max_invalidity": 0.01, "attack_starts": 16, "inversion_targets": 8}}
     reply = server.client.post("/admin/redactions?model=fashion", json=spec, headers=server.auth)
     assert reply.status_code == 202, reply.text
     assert reply.json()["parent"] == base and reply.json()["method"] == "kong-classifier"
@@ -100,32 +100,32 @@ def _marks_on_trousers(home: Path) -> dict:
     return {"kind": "feedback", "marked": {"seed": 31, "n": 1024, "indices": indices.flatten().tolist()}}
 
 
-SMALL = {"epochs": 2, "monitor_samples": 500}
+SMALL = {"epochs": 2, "monitor_samples": 300}
+# Kong Alg. 3 (kong-classifier) is the HTTP test above; each of these is the CLI's.
 RUNS = {
     "kong-data": ([{"kind": "data", "files": ["trousers.npz"]}], SMALL),
     "kong-validity": ([{"kind": "validity", "rule": {"type": "classifier_label", "classifier": "fashion",
                                                       "labels": ["Trouser"]}}], SMALL),
-    "kong-classifier": ([FORGET_TROUSERS], SMALL),
     "adapt-then-unlearn": ([FORGET_TROUSERS], {"epochs": 2, "adapt_epochs": 3, "generated_samples": 2000,
-                                               "monitor_samples": 500}),
-    "feedback": (None, {"steps": 200, "check_every": 100, "monitor_samples": 500}),
+                                               "monitor_samples": 300}),
+    "feedback": (None, {"steps": 200, "check_every": 100, "monitor_samples": 300}),
 }
 
 
 @pytest.mark.parametrize("method", list(RUNS))
 def test_every_generator_method_runs_on_fashion(method, fashion_copy, tmp_path):
-    """Each method, on a short budget: it ends with a stored version and the judge's
-    numbers, and the share of trousers the judge sees falls."""
+    """Each method, on a short budget (no attacks, 1,000 judged samples): it ends with a
+    stored version and the judge's numbers, and the share of trousers the judge sees falls."""
     sets, hyperparameters = RUNS[method]
     if sets is None:
         sets = [_marks_on_trousers(fashion_copy)]
-    if method == "kong-data":
+    if method == "kong-data":  # the operator uploads the training images to forget: every trouser
         from unlearning.domains.loaded import load_domain
 
         domain = load_domain(Registry(fashion_copy), "fashion-mnist", device=torch.device("cpu"))
-        save_images_npz(domain.held_out.images[domain.held_out.labels == TROUSER], tmp_path / "trousers.npz")
+        save_images_npz(domain.train.images[domain.train.labels == TROUSER], tmp_path / "trousers.npz")
     spec = {"name": f"fashion-{method}", "method": method, "sets": sets, "hyperparameters": hyperparameters,
-            "gates": {"eval_samples": 2000, "attack_starts": 16}}
+            "gates": {"eval_samples": 1000, "attack_starts": 0, "inversion_targets": 0}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     done = lethe(fashion_copy, "redact", tmp_path / "spec.json", "--model", "fashion", "--json", "--quiet",
                  timeout=1200)

@@ -94,6 +94,19 @@ def test_feature_stats_streams_to_numpy_mean_and_unbiased_cov(tmp_path):
         FeatureStats.load(tmp_path / "missing.npz")
 
 
+def test_a_large_reference_is_a_seeded_sample(monkeypatch):
+    import unlearning.metrics.fid as fid
+
+    images = torch.randn(50, 1, 2, 3, generator=torch.Generator().manual_seed(4))
+    monkeypatch.setattr(fid, "MAX_REFERENCE_IMAGES", 20)
+    sampled, again = (reference_stats(_Identity(), images, batch_size=7) for _ in range(2))
+    assert sampled.count == 20 and torch.equal(sampled.mean, again.mean)
+    keep = torch.randperm(50, generator=torch.Generator().manual_seed(fid.REFERENCE_SEED))[:20]
+    monkeypatch.setattr(fid, "MAX_REFERENCE_IMAGES", 50)
+    assert torch.allclose(reference_stats(_Identity(), images[keep]).mean, sampled.mean)
+    assert reference_stats(_Identity(), images).count == 50
+
+
 def test_fid_against_itself_is_zero_and_grows_with_shift():
     rng = np.random.default_rng(2)
     images = torch.from_numpy(_gaussian_features(rng, n=400, d=12)).float().reshape(400, 1, 3, 4)

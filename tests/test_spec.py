@@ -468,6 +468,24 @@ def test_training_split_by_rule_and_by_uploaded_negatives():
     retained, forgotten = omega.training_split(training)
     assert len(retained) + len(forgotten) == len(training)
     assert torch.equal(forgotten, training[mask]) and torch.equal(retained, training[~mask])
+    # the split is remembered for the very tensor it was asked of, not for equal-shaped others
+    assert omega.omega_mask(training) is mask
+    other = training.clone()
+    other[4] = -1.0
+    assert omega.omega_mask(other).tolist() == [False, True, False, False, False, False]
+
+
+def test_the_nearest_neighbour_judge_keeps_a_seeded_sample_of_a_large_retained_set(monkeypatch):
+    import unlearning.spec.checks as checks
+
+    monkeypatch.setattr(checks, "MAX_NEIGHBOURS", 4)
+    negatives = torch.ones(1, 1, 2, 2)
+    retained = torch.arange(10, dtype=torch.float32).reshape(10, 1, 1, 1).expand(10, 1, 2, 2) / 10
+    first, again = checks.NearestNeighbourJudge(negatives, retained), checks.NearestNeighbourJudge(negatives, retained)
+    assert first.reference.shape == (5, 4) and torch.equal(first.reference, again.reference)
+    kept = {round(float(v) * 10) for v in first.reference[1:, 0]}
+    assert len(kept) == 4 and kept <= set(range(10))
+    assert checks.NearestNeighbourJudge(negatives, retained[:4]).reference.shape == (5, 4)  # small sets: all of them
 
 
 def test_nearest_neighbour_judge_for_data_only_specs():

@@ -91,6 +91,11 @@ __all__ = [
 # Two images are "the same picture" when no pixel differs by a grey level or more (in [0, 1]).
 EXACT_MATCH_TOLERANCE = 1.0 / 255.0
 _CHUNK = 1024
+# The nearest-neighbour judge keeps at most this many retained images (a seeded sample):
+# every judged sample is compared with each of them, and on Fashion-MNIST's 60,000 that
+# comparison alone took 90 s of a 4-minute job. The digits' 1,797 are all kept.
+MAX_NEIGHBOURS = 10_000
+NEIGHBOUR_SEED = 0
 
 
 class Classifiers(Protocol):
@@ -354,7 +359,8 @@ class NearestNeighbourJudge:
     """Judge for a data-only Omega: x is in Omega when its nearest neighbour (Euclidean) among
     negatives + retained images is a negative, i.e. x is "closer to the forget set than to
     the kept data". Distances are in ``embed`` space when given, else in pixel space. Ties go
-    to the negatives (negatives are searched first)."""
+    to the negatives (negatives are searched first). Retained images beyond ``MAX_NEIGHBOURS``
+    are left out (a seeded sample is kept), so the judge's cost does not grow with the data."""
 
     def __init__(
         self,
@@ -367,6 +373,9 @@ class NearestNeighbourJudge:
                 f"retained images have shape {tuple(retained.shape[1:])}, negatives {tuple(negatives.shape[1:])}"
             )
         self.embed = embed
+        if len(retained) > MAX_NEIGHBOURS:
+            keep = torch.randperm(len(retained), generator=torch.Generator().manual_seed(NEIGHBOUR_SEED))
+            retained = retained[keep[:MAX_NEIGHBOURS].to(retained.device)]
         with torch.no_grad():
             reference = torch.cat([self._embed(negatives), self._embed(retained)], dim=0)
         self.reference = reference.detach()
@@ -448,6 +457,10 @@ class RedactionSet:
     rule_margins: list[Margin] = field(default_factory=list)
     ungradable: list[str] = field(default_factory=list)
     judge_splits_training: bool = False
+    # The last omega_mask asked for, with the very tensor it was asked of (held, so its id
+    # cannot be reused): a job splits the same training images five times, and on
+    # Fashion-MNIST each split compares 60,000 images with every uploaded negative.
+    _last_mask: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def has_judge(self) -> bool:
@@ -484,7 +497,9 @@ class RedactionSet:
         validity/classifier checks."""
         if self.negatives is None or len(self.negatives) == 0:
             raise SpecError("a nearest-neighbour judge needs uploaded negatives (a data set)")
-        return replace(self, judge=NearestNeighbourJudge(self.negatives, retained, embed))
+        judged = replace(self, judge=NearestNeighbourJudge(self.negatives, retained, embed))
+        judged._last_mask = self._last_mask  # this judge does not split the training data
+        return judged
 
     def with_marks(
         self, marked: Tensor, unmarked: Tensor, embed: Callable[[Tensor], Tensor] | None = None
@@ -524,6 +539,8 @@ class RedactionSet:
         """(N,) bool over training images: in Omega by a validity/classifier set, by the
         marks judge (:meth:`with_marks`), or equal (max abs difference < 1/255 in [0, 1]
         units) to an uploaded negative."""
+        if self._last_mask is not None and self._last_mask[0] is images:
+            return self._last_mask[1]
         out = []
         for chunk in images.split(_CHUNK):
             mask = self._rule_mask(chunk)
@@ -537,7 +554,9 @@ class RedactionSet:
                     )
                 mask |= matches_any(chunk, self.negatives)
             out.append(mask)
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=images.device)
+        mask = torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=images.device)
+        self._last_mask = (images, mask)
+        return mask
 
     def training_split(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(retained_images, omega_images): real batches come from the first; the second seeds
