@@ -89,30 +89,14 @@ def _redact(home: Path, tmp_path: Path, spec: dict) -> dict:
 
 def test_a_folder_of_rgb_pngs_becomes_a_domain_labelled_by_its_folders(tmp_path):
     """`lethe domain add` on a folder of RGB PNGs (shapes, 16x16, one sub-folder per colour):
-    the images are copied in, the labels are the folders' names, both classifiers pass; a
-    short bootstrap trains a DCGAN for it, and a validity rule naming the colour "red"
-    forgets red, promoted, judged by the new domain's judge."""
-    home = tmp_path / "home"
-    added = lethe(home, "domain", "add", "shapes", "--data", _shapes_folder(tmp_path / "shapes"),
+    the images are copied in, the labels are the folders' names, both classifiers pass."""
+    added = lethe(tmp_path / "home", "domain", "add", "shapes", "--data", _shapes_folder(tmp_path / "shapes"),
                   "--json", "--quiet", timeout=900)
     assert added.returncode == 0, added.stderr
     manifest = json.loads(added.stdout)
     assert manifest["guide"] == "shapes" and DATA_FILE in manifest["files"]  # a user's data is copied in
     assert manifest["labels"] == ["blue", "green", "red"] and manifest["image_shape"] == [3, 16, 16]
     assert min(manifest["metrics"]["guide"]["held_out_accuracy"], manifest["metrics"]["judge"]["held_out_accuracy"]) >= 0.9
-    built = lethe(home, "bootstrap", "--domain", "shapes", "--epochs", "60", "--quiet", timeout=900)
-    assert built.returncode == 0, built.stderr
-
-    spec = {"name": "forget-red", "sets": [{"kind": "validity", "rule": {
-                "type": "classifier_label", "classifier": "shapes", "labels": ["red"]}}],
-            "hyperparameters": {"epochs": 4},
-            "gates": {"eval_samples": 3000, "max_invalidity": 0.03, "attack_starts": 16, "inversion_targets": 8}}
-    outcome = _redact(home, tmp_path, spec)
-    gates = {g["name"]: g for g in outcome["gates"]}
-    print(json.dumps({"gates": {k: g["value"] for k, g in gates.items()}, "before": outcome["before"].get("judge_invalidity")}))
-    assert outcome["status"] == "promoted", outcome["reason"]
-    assert outcome["after"]["judged_by"]["judge_invalidity"] == "judge:shapes"
-    assert outcome["before"]["judge_invalidity"] >= 0.2 and gates["judge_invalidity"]["passed"]
 
 
 def test_a_users_idx_dataset_becomes_a_domain_whose_judge_grades_a_redaction(tmp_path):
