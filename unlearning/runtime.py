@@ -51,3 +51,14 @@ def latents(n: int, latent_dim: int, seed: int) -> torch.Tensor:
     import torch
 
     return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def seeded_sample(rows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """At most ``n`` of ``rows``: all of them when there are no more, else the same seeded
+    sample every time (so a capped reference or neighbour set is reproducible)."""
+    import torch
+
+    if len(rows) <= n:
+        return rows
+    keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:n]
+    return rows[keep.to(rows.device)]

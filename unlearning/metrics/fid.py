@@ -19,6 +19,7 @@ from torch import nn
 
 from unlearning.errors import LetheError
 from unlearning.metrics.base import run_frozen
+from unlearning.runtime import seeded_sample
 
 
 def _as_float64(x: Any) -> torch.Tensor:
@@ -165,9 +166,8 @@ def reference_stats(
     """Feature statistics of reference images (a tensor, split into ``batch_size`` batches,
     or an iterable of batches), e.g. the training samples outside Omega. A tensor of more
     than ``MAX_REFERENCE_IMAGES`` contributes a seeded sample of that many."""
-    if isinstance(images, torch.Tensor) and len(images) > MAX_REFERENCE_IMAGES:
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(REFERENCE_SEED))
-        images = images[keep[:MAX_REFERENCE_IMAGES].to(images.device)]
+    if isinstance(images, torch.Tensor):
+        images = seeded_sample(images, MAX_REFERENCE_IMAGES, REFERENCE_SEED)
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
     stats = FeatureStats(extractor=extractor_name)
     for batch in batches:

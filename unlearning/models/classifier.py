@@ -15,9 +15,9 @@
 
 from __future__ import annotations
 
-import torch
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, Field
 from torch import nn
 

@@ -54,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearning.errors import InputDataError, LetheError, NotFoundError, SpecError
+from unlearning.runtime import seeded_sample
 from unlearning.spec.schema import (
     AllOfRule,
     AnyOfRule,
@@ -373,9 +374,7 @@ class NearestNeighbourJudge:
                 f"retained images have shape {tuple(retained.shape[1:])}, negatives {tuple(negatives.shape[1:])}"
             )
         self.embed = embed
-        if len(retained) > MAX_NEIGHBOURS:
-            keep = torch.randperm(len(retained), generator=torch.Generator().manual_seed(NEIGHBOUR_SEED))
-            retained = retained[keep[:MAX_NEIGHBOURS].to(retained.device)]
+        retained = seeded_sample(retained, MAX_NEIGHBOURS, NEIGHBOUR_SEED)
         with torch.no_grad():
             reference = torch.cat([self._embed(negatives), self._embed(retained)], dim=0)
         self.reference = reference.detach()
