@@ -1,10 +1,10 @@
 """Shared fixtures: real LETHE_HOMEs on disk, built once per test session.
 
-``base_home`` is the embedded default exactly as `lethe bootstrap` builds it (full
-pre-training: a few minutes on 2 cores); ``quick_home`` shares its domain (guide and judge)
-and its VAE and inpainter, with a 2-epoch DCGAN, for tests of error paths that need a
-registry but not a good generator; ``fashion_home`` holds the Fashion-MNIST domain and its
-base DCGAN, registered from committed weights (``tests/fashion.py``). Tests that change
+``base_home`` is the embedded default exactly as `lethe bootstrap` builds it by default, and
+``fashion_home`` the Fashion-MNIST domain and its base DCGAN, each registered from the
+committed weights of such a run (``tests/homes.py``); ``quick_home`` shares the digits'
+domain (guide and judge) and VAE and inpainter, with a DCGAN that bootstrap pre-trains for
+2 epochs there, for tests of error paths that need a registry but not a good generator. Tests that change
 state work on a copy (``base_copy`` / ``quick_copy`` / ``fashion_copy``). A developer may set
 ``LETHE_TEST_BASE_HOME`` (``LETHE_TEST_QUICK_HOME``, ``LETHE_TEST_FASHION_HOME``) to a home
 already built: it is copied, and what it lacks is added."""
@@ -35,7 +35,15 @@ def _bootstrapped(root: Path, epochs: int | None, reuse: str | None = None) -> P
 
 @pytest.fixture(scope="session")
 def base_home(tmp_path_factory) -> Path:
-    return _bootstrapped(tmp_path_factory.mktemp("base"), None, os.environ.get("LETHE_TEST_BASE_HOME"))
+    """The digits as `lethe bootstrap` builds them by default, from the committed weights of
+    its run (tests/fixtures/digits/; ``quick_home`` still pre-trains a DCGAN for real)."""
+    from homes import build_builtin_home
+
+    root = tmp_path_factory.mktemp("base")
+    reuse = os.environ.get("LETHE_TEST_BASE_HOME")
+    if reuse:
+        return _bootstrapped(root, None, reuse)
+    return build_builtin_home(root / "home", "digits")
 
 
 @pytest.fixture(scope="session")
@@ -56,14 +64,14 @@ def quick_home(tmp_path_factory, request) -> Path:
 
 @pytest.fixture(scope="session")
 def fashion_home(tmp_path_factory) -> Path:
-    from fashion import build_fashion_home
+    from homes import build_builtin_home
 
     home = tmp_path_factory.mktemp("fashion") / "home"
     reuse = os.environ.get("LETHE_TEST_FASHION_HOME")
     if reuse:
         shutil.copytree(reuse, home)
         return home
-    return build_fashion_home(home)
+    return build_builtin_home(home, "fashion-mnist")
 
 
 def _copy(home: Path, tmp_path: Path, monkeypatch) -> Path:

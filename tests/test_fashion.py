@@ -8,7 +8,6 @@ generator method runs on it."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from clirun import lethe
+from homes import merge_homes
 from serving import LetheServer
 from unlearning.data.files import save_images_npz
 from unlearning.domains import BUILTIN_DOMAINS
@@ -24,16 +24,6 @@ from unlearning.runtime import latents
 
 TROUSER = BUILTIN_DOMAINS["fashion-mnist"].labels.index("Trouser")
 FORGET_TROUSERS = {"kind": "classifier", "classifier": "fashion", "score": {"type": "one_minus_prob", "label": "Trouser"}}
-
-
-def merge_homes(target: Path, *homes: Path) -> Path:
-    """One LETHE_HOME holding the registries of several (their models, domains and
-    classifiers do not overlap)."""
-    for home in homes:
-        for part in ("versions", "active", "classifiers", "domains"):
-            if (home / part).is_dir():
-                shutil.copytree(home / part, target / part, dirs_exist_ok=True)
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +52,8 @@ def test_forgetting_trousers_over_http_while_the_digits_keep_serving(server):
     answers: list[int] = []
     stop = threading.Event()
 
-    def sample_digits() -> None:  # the other model keeps serving the whole time
-        while not stop.is_set():
+    def sample_digits() -> None:  # the other model keeps serving the whole time (5 requests a second)
+        while not stop.wait(0.2):
             answers.append(server.generate(n=4, seed=1, model="digits").status_code)
 
     sampler = threading.Thread(target=sample_digits, daemon=True)
