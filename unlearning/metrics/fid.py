@@ -162,13 +162,13 @@ def reference_stats(
     images: torch.Tensor | Iterable[torch.Tensor],
     batch_size: int = 1000,
     extractor_name: str | None = None,
-    max_images: int = MAX_REFERENCE_IMAGES,
+    max_images: int | None = None,
 ) -> FeatureStats:
     """Feature statistics of reference images (a tensor, split into ``batch_size`` batches,
     or an iterable of batches), e.g. the training samples outside Omega. A tensor of more
-    than ``max_images`` contributes a seeded sample of that many."""
+    than ``max_images`` (default ``MAX_REFERENCE_IMAGES``) contributes a seeded sample of that many."""
     if isinstance(images, torch.Tensor):
-        images = seeded_sample(images, max_images, REFERENCE_SEED)
+        images = seeded_sample(images, max_images or MAX_REFERENCE_IMAGES, REFERENCE_SEED)
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
     stats = FeatureStats(extractor=extractor_name)
     for batch in batches:
