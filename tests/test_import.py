@@ -1,11 +1,12 @@
 """Bring your own generator (``lethe import`` and ``POST /admin/models``): a Fashion-MNIST
-DCGAN trained by a plain PyTorch script, a user's own architecture published as a ``lethe.models`` entry
-point, and ONNX graphs from both of torch's exporters, each imported, served and
+DCGAN trained by a plain PyTorch script, a user's own architecture published as a
+``lethe.models`` entry point, and ONNX graphs from both of torch's exporters, each imported, served and
 redacted like a bootstrapped model; and the imports that must be refused, by name, with
 nothing stored.
 
 One server (for the module) on a copy of ``quick_home`` (the digits domain and its models)
-merged with ``fashion_home`` (the Fashion-MNIST domain), with the test plugin package (``tests/plugins/lethe-test-models``) on its PYTHONPATH."""
+merged with ``fashion_home`` (the Fashion-MNIST domain), with the test plugin package
+(``tests/plugins/lethe-test-models``) on its PYTHONPATH."""
 
 from __future__ import annotations
 

@@ -168,7 +168,7 @@ def reference_stats(
     or an iterable of batches), e.g. the training samples outside Omega. A tensor of more
     than ``max_images`` (default ``MAX_REFERENCE_IMAGES``) contributes a seeded sample of that many."""
     if isinstance(images, torch.Tensor):
-        images = seeded_sample(images, max_images or MAX_REFERENCE_IMAGES, REFERENCE_SEED)
+        images = seeded_sample(images, MAX_REFERENCE_IMAGES if max_images is None else max_images, REFERENCE_SEED)
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
     stats = FeatureStats(extractor=extractor_name)
     for batch in batches:
