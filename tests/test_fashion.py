@@ -42,8 +42,9 @@ def test_forgetting_trousers_over_http_while_the_digits_keep_serving(server):
     digits_version, digits_images, _ = server.images(16, seed=3, model="digits")
 
     spec = {"name": "forget-trousers", "sets": [FORGET_TROUSERS],
-            # 4 epochs judged every 500 samples left a retained class at 0.43 of its share (rejected)
-            "hyperparameters": {"epochs": 6, "monitor_samples": 1000},
+            # 4 epochs judged every 500 samples left a retained class at 0.43 of its share
+            # (rejected); 6 epochs at 0.54, 8 epochs at 0.62 (the gate: 0.5)
+            "hyperparameters": {"epochs": 8, "monitor_samples": 1000},
             "gates": {"eval_samples": 3000, "max_invalidity": 0.01, "attack_starts": 16, "inversion_targets": 8}}
     reply = server.client.post("/admin/redactions?model=fashion", json=spec, headers=server.auth)
     assert reply.status_code == 202, reply.text

@@ -53,12 +53,18 @@ def latents(n: int, latent_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
 
 
+def seeded_indices(count: int, n: int, seed: int) -> torch.Tensor | None:
+    """Which ``n`` of ``count`` rows a seeded sample keeps (the same every time), or None
+    when there are no more than ``n``: keep them all."""
+    import torch
+
+    if count <= n:
+        return None
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:n]
+
+
 def seeded_sample(rows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """At most ``n`` of ``rows``: all of them when there are no more, else the same seeded
     sample every time (so a capped reference or neighbour set is reproducible)."""
-    import torch
-
-    if len(rows) <= n:
-        return rows
-    keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:n]
-    return rows[keep.to(rows.device)]
+    keep = seeded_indices(len(rows), n, seed)
+    return rows if keep is None else rows[keep.to(rows.device)]

@@ -4,7 +4,7 @@ shares, and the FID feature space unless Inception weights are given)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from unlearning.metrics import FeatureStats, InceptionExtractor, reference_stats
 from unlearning.models.classifier import PenultimateFeatures
 from unlearning.models.io import load_model
 from unlearning.registry import DomainManifest, Registry, VersionManifest
+from unlearning.runtime import seeded_indices
 
 
 @dataclass
@@ -53,6 +54,14 @@ class Domain:
     def reference(self, images: torch.Tensor) -> FeatureStats:
         """FID reference statistics of ``images`` in the extractor's space."""
         return reference_stats(self.extractor, images.to(self.device), extractor_name=self.extractor_name)
+
+    def with_training_sample(self, n: int, seed: int) -> Domain:
+        """This domain reading at most ``n`` of its training images (labels alike), the same
+        seeded sample every time; itself when it has no more."""
+        keep = seeded_indices(len(self.train), n, seed)
+        if keep is None:
+            return self
+        return replace(self, train=LabelledImages(self.train.images[keep], self.train.labels[keep]))
 
     def guide_features(self) -> nn.Module:
         """The guide's penultimate layer: the feature space methods may select checkpoints in."""
