@@ -30,8 +30,8 @@ from unlearning.spec import ForgetSpec
 
 GATE_SEED = 20_240_601  # parent and candidate are judged on the same latents
 PROBE_SAMPLES = 2000
-# Caps on what a job embeds of the training data beyond the gate's FID reference (on
-# Fashion-MNIST's 60,000 each cost 10-20 s of a 90 s job; the digits are below both):
+# Caps, below the job's training sample (pipeline.JOB_TRAINING_IMAGES), on what a job
+# embeds of it beyond the gate's FID reference (the digits are below both):
 PROBE_REFERENCE_IMAGES = 5000  # checkpoint selection's FID reference, against 2,000 samples
 REDACTION_SCORE_IMAGES = 5000  # the mean redaction score, inside and outside Omega each
 SELECTION_MARGIN = 0.5  # epochs are selected at half the gate's invalidity limit
