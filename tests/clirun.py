@@ -11,7 +11,7 @@ from pathlib import Path
 def lethe(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "unlearning.cli", *map(str, args)],
-        env={**os.environ, "LETHE_HOME": str(home), "OMP_NUM_THREADS": "2"},
+        env={**os.environ, "LETHE_HOME": str(home)},  # OMP_NUM_THREADS: conftest's share
         capture_output=True, text=True, timeout=timeout,
     )
 

@@ -17,12 +17,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
+
+# Each pytest-xdist worker gets its share of the cores, and the servers, jobs and CLI runs it
+# starts inherit it: two workers each spinning two OpenMP threads on two cores lose time.
+TEST_THREADS = max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS)
 
 from unlearning.bootstrap import bootstrap
 from unlearning.registry import Registry
 
-torch.set_num_threads(2)
+torch.set_num_threads(TEST_THREADS)
 
 
 def _bootstrapped(root: Path, epochs: int | None, reuse: str | None = None) -> Path:

@@ -65,7 +65,9 @@ def _env(**extra: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.upper() not in drop}
     for name in ("http_proxy", "https_proxy", "all_proxy"):
         env[name] = env[name.upper()] = DEAD_PROXY
-    env.update(PIP_NO_INDEX="1", BENTOML_ENABLE_FEATURES="no_image")
+    # COLUMNS: BentoML prints through rich, which folds a long path (`bentoml get -o path`)
+    # at the console's width, 80 without a terminal
+    env.update(PIP_NO_INDEX="1", BENTOML_ENABLE_FEATURES="no_image", COLUMNS="4096")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -72,6 +72,8 @@ def test_forgets_digit_zero_and_keeps_quality(method, base_copy, base_judgement,
     pretraining = base_judgement["base"].metrics["pretraining"]["iterations"]
     assert outcome.stats["iterations"] <= 0.10 * pretraining
     assert outcome.status == "promoted", outcome.reason
+    # only a data spec is judged by nearest neighbour; no kept digit has a zero nearest (gates.py)
+    assert outcome.before.get("invalidity_floor", "none") == (0.0 if method == "kong-data" else "none")
 
 
 def _redact_cli(spec: dict, tmp_path, home) -> dict:

@@ -235,7 +235,6 @@ def test_feedback_unlearning_over_http(server, promoted, model):
     _, sampled, _ = server.images(1024, seed=31, model=model)
     marks = {"seed": 31, "n": 1024, "indices": (slant(sampled) >= threshold).nonzero().flatten().tolist()}
     spec = {"name": "lean-left", "method": "feedback", "sets": [{"kind": "feedback", "marked": marks}],
-            "hyperparameters": {"boundary": 0.0} if model == "digits" else {},  # see test_feedback.py
             "gates": {"max_invalidity": 0.05, "eval_samples": 5000}}
     reply = server.client.post(f"/admin/redactions?model={model}", content=__import__("json").dumps(spec),
                                headers={**server.auth, "Content-Type": "application/json"})

@@ -508,6 +508,27 @@ def test_nearest_neighbour_judge_for_data_only_specs():
     assert by_mean.in_omega(samples).tolist() == [True, False, True]
 
 
+def test_the_nearest_neighbour_floor_is_what_the_judge_says_of_the_kept_images():
+    """Leave-one-out over the kept images: those whose nearest other image is a negative. A
+    default limit under it would reject a generator that draws only kept data; a limit the
+    spec sets stands."""
+    from unlearning.spec.checks import NearestNeighbourJudge
+
+    line = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.9, 1.0])  # kept; the 0.9 and 1.0 sit by the negatives
+    negatives = torch.tensor([0.95, 2.0]).reshape(2, 1, 1, 1)
+    judge = NearestNeighbourJudge(negatives, line.reshape(6, 1, 1, 1))
+    assert judge.kept_floor() == pytest.approx(2 / 6)
+    assert NearestNeighbourJudge(negatives, line[:4].reshape(4, 1, 1, 1)).kept_floor() == 0.0
+
+    spec = load_spec({"name": "d", "sets": [{"kind": "data", "files": ["a.npz"]}]})
+    assert resolve_gates(spec, "kong-data").gates.max_invalidity == 0.001
+    assert resolve_gates(spec, "kong-data", invalidity_floor=0.00941).gates.max_invalidity == 0.0283
+    assert resolve_gates(spec, "feedback", invalidity_floor=0.015).gates.max_invalidity == 0.05
+    assert resolve_gates(spec, "feedback", invalidity_floor=0.02).gates.max_invalidity == 0.06
+    mine = load_spec({"name": "d", "sets": [{"kind": "data", "files": ["a.npz"]}], "gates": {"max_invalidity": 0.002}})
+    assert resolve_gates(mine, "kong-data", invalidity_floor=0.3).gates.max_invalidity == 0.002
+
+
 def test_missing_data_file_and_unknown_classifier():
     spec = load_spec(DESIGN_EXAMPLE)
     resolve = dict_resolver({"digits": FnClassifier(mean_logits)})

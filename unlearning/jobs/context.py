@@ -29,6 +29,7 @@ class JobContext:
     uploads_dir: Path | None
     device: torch.device
     callbacks: Callbacks = field(default_factory=Callbacks)
+    invalidity_floor: float = 0.0  # the nearest-neighbour judge's on the kept images (redaction_set.py)
 
 
 @dataclass

@@ -12,6 +12,7 @@ FID ratios, and parity.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from unlearning.jobs.outcome import Gate
@@ -36,13 +37,23 @@ DEFAULT_MAX_INVALIDITY = {
 # the feature stayed within 1.07x.
 DEFAULT_MAX_FID_RATIO = {"feedback": 3.0}
 FID_RATIO = 2.0
+# A nearest-neighbour judge (data and marks specs) calls some kept images invalid: on
+# Fashion-MNIST 0.50 % of the 10,000 kept images have a trouser as their nearest neighbour in
+# the guide's features (the digits: none). No generator can be asked to beat the data it
+# imitates, and generated images, blurrier than the data, sit nearer the boundary: Kong
+# Alg. 1 forgetting Trouser with every default scored 1.06 % (2.1x the floor) while the
+# judge, which it never saw, found 0.10 % trousers. A default limit is at least 3x the floor.
+FLOOR_TOLERANCE = 3.0
 
 
-def resolve_gates(spec: ForgetSpec, method: str) -> ForgetSpec:
-    """``spec`` with every gate limit it left to the method filled in."""
+def resolve_gates(spec: ForgetSpec, method: str, invalidity_floor: float = 0.0) -> ForgetSpec:
+    """``spec`` with every gate limit it left to the method filled in. A default
+    ``max_invalidity`` is at least ``FLOOR_TOLERANCE`` times ``invalidity_floor``, what the spec's
+    nearest-neighbour judge says of the kept images themselves (redaction_set.py)."""
     update = {}
     if spec.gates.max_invalidity is None:
-        update["max_invalidity"] = DEFAULT_MAX_INVALIDITY.get(method, 0.001)
+        update["max_invalidity"] = max(DEFAULT_MAX_INVALIDITY.get(method, 0.001),
+                                        math.ceil(FLOOR_TOLERANCE * invalidity_floor * 1e4) / 1e4)
     if spec.gates.max_fid_ratio is None:
         update["max_fid_ratio"] = DEFAULT_MAX_FID_RATIO.get(method, FID_RATIO)
     if not update:
@@ -63,9 +74,12 @@ def generator_gates(spec: ForgetSpec, before: dict[str, Any], after: dict[str, A
     g = spec.gates
     gates = []
     if "invalidity" in after:
+        floor = before.get("invalidity_floor")
+        floor_note = (f"; the nearest-neighbour judge calls {floor:.2%} of the kept images themselves invalid"
+                      if floor is not None else "")
         gates.append(Gate(name="invalidity", value=after["invalidity"], limit=g.max_invalidity,
                           passed=after["invalidity"] <= g.max_invalidity,
-                          detail=f"by the spec's checks on {after['samples']} fresh samples"))
+                          detail=f"by the spec's checks on {after['samples']} fresh samples{floor_note}"))
     if "judge_invalidity" in after:
         limit = max_judge_invalidity(spec)
         gates.append(Gate(name="judge_invalidity", value=after["judge_invalidity"], limit=limit,

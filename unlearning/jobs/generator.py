@@ -102,6 +102,8 @@ class GeneratorJob:
         after = judge(candidate, domain, n=n, seed=GATE_SEED, omega=omega, judged=ctx.judged, reference=reference,
                       progress=lambda done, total: validating.progress(0.4 + 0.4 * done / total,
                                                                        {"model": "candidate"}))
+        if omega.judge is not None:  # the floor the default invalidity limit respects (gates.py)
+            before["invalidity_floor"] = ctx.invalidity_floor
         pictures: dict[str, Any] = {}
         if omega.has_judge and ctx.spec.gates.attack_starts:  # the worst case: gradient and inversion (jobs/attacks.py)
             ctx.callbacks.check_cancelled()

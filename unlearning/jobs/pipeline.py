@@ -93,8 +93,8 @@ def _context(
     domain = load_domain(registry, parent_manifest, device=device, inception_weights=inception_weights)
     domain = domain.with_training_sample(JOB_TRAINING_IMAGES, TRAINING_SAMPLE_SEED)
     sets = prepare_redaction_set(spec, registry, domain, uploads_dir, marks_from=parent_manifest.version)
-    ctx = JobContext(resolve_gates(sets.spec, method), registry, parent_manifest, method, domain, sets.omega,
-                     sets.judged, uploads_dir, device, callbacks)
+    ctx = JobContext(resolve_gates(sets.spec, method, sets.invalidity_floor), registry, parent_manifest, method,
+                     domain, sets.omega, sets.judged, uploads_dir, device, callbacks, sets.invalidity_floor)
     return ctx, family
 
 

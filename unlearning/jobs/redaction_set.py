@@ -36,6 +36,9 @@ class PreparedSets:
     spec: ForgetSpec  # labels resolved to indices
     omega: RedactionSet  # by the spec's own checks: what the method trains against
     judged: RedactionSet | None  # the label-based checks asked of the domain's judge
+    # what the nearest-neighbour judge (data and marks specs) says of the kept images
+    # themselves: the lowest invalidity a generator can be asked for (0 for rule checks)
+    invalidity_floor: float = 0.0
 
 
 def _uploaded(uploads_dir: Path | None, name: str) -> Path | None:
@@ -97,4 +100,5 @@ def prepare_redaction_set(
         generator = registry.load_generator(marks_from).to(domain.device)
         marked, unmarked = regenerate_marked(generator, omega.feedback, domain.device)
         omega = omega.with_marks(marked, unmarked, embed=guide_features)
-    return PreparedSets(spec, omega, judge_mirror(spec, domain.guide_name, domain.judge))
+    floor = omega.judge.kept_floor() if omega.judge is not None else 0.0
+    return PreparedSets(spec, omega, judge_mirror(spec, domain.guide_name, domain.judge), floor)

@@ -404,6 +404,21 @@ class NearestNeighbourJudge:
         distances = torch.cdist(self._embed(x).to(x.device), reference)
         return distances[:, ~is_negative].amin(1) - distances[:, is_negative].amin(1)
 
+    def kept_floor(self) -> float:
+        """The share of the kept reference images whose nearest *other* reference image is a
+        negative (leave-one-out): what this judge says of samples drawn from the kept data
+        itself, so no generator can be expected to score below it."""
+        kept = torch.nonzero(~self.is_negative).squeeze(1)
+        if len(kept) < 2:
+            return 0.0
+        hits = 0
+        with torch.no_grad():
+            for rows in kept.split(_CHUNK):
+                distances = torch.cdist(self.reference[rows], self.reference)
+                distances[torch.arange(len(rows)), rows] = float("inf")  # not itself
+                hits += int(self.is_negative[distances.argmin(dim=1)].sum())
+        return hits / len(kept)
+
     def __call__(self, x: Tensor) -> Tensor:
         with torch.no_grad():
             reference, is_negative = self._reference_on(x.device)

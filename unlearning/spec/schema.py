@@ -412,7 +412,8 @@ class Gates(_Strict):
     max_invalidity: _Probability | None = Field(
         None, ge=0.0, le=1.0,
         description="by the spec's own checks; default: the method's (kong-*: 0.001, adapt-then-unlearn and "
-                    "param-extrapolation: 0.01, feedback: 0.05; unlearning.jobs.gates.DEFAULT_MAX_INVALIDITY)")
+                    "param-extrapolation: 0.01, feedback: 0.05; unlearning.jobs.gates.DEFAULT_MAX_INVALIDITY), and at "
+                    "least 3x what a nearest-neighbour judge (data and marks specs) says of the kept images")
     max_judge_invalidity: _Probability | None = Field(
         None, ge=0.0, le=1.0,
         description="the same label-based checks asked of the domain's judge; default: max(0.01, max_invalidity)",
