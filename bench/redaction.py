@@ -45,7 +45,17 @@ iterations over pre-training's.
 
 With ``--output FILE.json``, ``FILE-<parent version>.png`` beside it shows, for each
 parent, its samples and each row's first-seed candidate on the same latents (one line
-each, in the order the document's ``pictures`` lists).
+each, in the order the document's ``pictures`` lists); ``FILE-samples.npz`` keeps those
+lines as arrays. The document is rewritten after every run, marked ``partial`` until the
+last.
+
+A full table takes hours on a CPU. ``--resume FILE.json`` takes the runs an earlier
+document (partial or not) already holds and runs only the rest: a run is reused when its
+row, seed and hyperparameters are this run's and its parent has the same weights (the
+document records each parent's weight digest), so a run a session could not finish goes
+on in the next one. Domain, class, judging samples and seed must match, or nothing runs.
+For the same parents on another machine, use a home built from ``tests/fixtures`` (see
+the README's benchmark section).
 
 Prints ONE JSON document on stdout (``--markdown``: Markdown tables instead); progress
 goes to stderr. ``--render FILE`` turns a saved JSON document into the Markdown tables.
@@ -53,11 +63,13 @@ goes to stderr. ``--render FILE`` turns a saved JSON document into the Markdown 
     .venv/bin/python bench/redaction.py --output bench/results/redaction.json                 # digits
     .venv/bin/python bench/redaction.py --quick --seeds 1 --eval-samples 2000 --methods kong-validity
     .venv/bin/python bench/redaction.py --render bench/results/redaction.json                 # README tables
+    .venv/bin/python bench/redaction.py --domain fashion-mnist --output f.json --resume f.json  # go on
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -195,6 +207,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="torch device (default: unlearning.runtime.pick_device)")
     parser.add_argument("--output", type=Path, default=None,
                         help="also write the JSON document to this file, and the pictures beside it")
+    parser.add_argument("--resume", type=Path, default=None, metavar="JSON",
+                        help="reuse the runs an earlier document of the same settings holds (same row, seed, "
+                             "hyperparameters and parent weights) and run only the rest")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables instead of JSON")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
                         help="print the Markdown tables of a saved JSON document and exit (runs nothing)")
@@ -209,6 +224,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--seeds must be at least 1")
     if args.eval_samples < 100:
         parser.error("--eval-samples must be at least 100 (the gates' minimum)")
+    if args.resume is not None and not args.resume.is_file():
+        parser.error(f"--resume {args.resume}: no such file")
     return args
 
 
@@ -338,6 +355,16 @@ def spec_sets(row: Row, target: Target, forget: int) -> list[dict[str, Any]]:
     }[row.sets]
 
 
+def run_hyperparameters(row: Row, seed: int, quick: bool) -> dict[str, Any]:
+    return {**row.hyperparameters, **(QUICK[row.method] if quick else {}), "seed": seed}
+
+
+def weights_digest(manifest) -> str:
+    """One sha256 over a version's weight files (their recorded hashes): equal digests, equal parents."""
+    weights = sorted((name, digest) for name, digest in manifest.files.items() if name.endswith(".safetensors"))
+    return hashlib.sha256(json.dumps(weights).encode()).hexdigest()
+
+
 def one_run(row: Row, seed: int, *, registry, target: Target, forget: int, uploads: Path,
             args: argparse.Namespace, device) -> tuple[dict[str, Any], Any]:
     """One job and its judging: (the run's record, the candidate generator or None)."""
@@ -345,7 +372,7 @@ def one_run(row: Row, seed: int, *, registry, target: Target, forget: int, uploa
     from unlearning.methods.base import Callbacks
     from unlearning.metrics import min_share_ratio, retained_shares
 
-    hyper: dict[str, Any] = {**row.hyperparameters, **(QUICK[row.method] if args.quick else {}), "seed": seed}
+    hyper = run_hyperparameters(row, seed, args.quick)
     tag = f"{row.name}/seed {seed}"
     spec = {"name": re.sub(r"[^a-z0-9]+", "-", f"bench {row.name} s{seed}".lower()), "method": row.method,
             "sets": spec_sets(row, target, forget), "hyperparameters": hyper,
@@ -362,13 +389,15 @@ def one_run(row: Row, seed: int, *, registry, target: Target, forget: int, uploa
                 + (f" fid {info['fid']:.4g}" if isinstance(info.get("fid"), float) else ""))
 
     run: dict[str, Any] = {"row": row.name, "method": row.method, "variant": row.variant, "task": target.task,
-                           "seed": seed, "parent": target.parent.version, "hyperparameters": hyper}
+                           "seed": seed, "parent": target.parent.version,
+                           "parent_weights": weights_digest(target.parent), "hyperparameters": hyper}
     started = time.monotonic()
     try:
         outcome = run_redaction(spec, registry=registry, parent=target.parent.version, uploads_dir=uploads,
                                 activate=False, callbacks=Callbacks(progress=progress), device=device)
     except Exception as exc:  # a failed run is still reported
-        run.update(status="error", error=f"{type(exc).__name__}: {exc}", wall_time_s=time.monotonic() - started)
+        run.update(status="error", error=f"{type(exc).__name__}: {exc}", wall_time_s=time.monotonic() - started,
+                   finished_at=now())
         log(f"  {tag}: ERROR {run['error']}")
         traceback.print_exc(file=sys.stderr)
         return run, None
@@ -416,6 +445,7 @@ def one_run(row: Row, seed: int, *, registry, target: Target, forget: int, uploa
         "gates": {g.name: {"value": finite(g.value), "limit": g.limit, "passed": g.passed} for g in outcome.gates},
         "history": [{k: finite(v) for k, v in h.items() if k in ("stage", "epoch", "step", "invalidity", "fid",
                                                                  "pool", "round_invalid")} for h in outcome.history],
+        "finished_at": now(),
     })
     judge_text = f", judge {run['judge_invalidity']:.3g}" if run["judge_invalidity"] is not None else ""
     log(f"  {tag}: {outcome.status}, invalidity {run['invalidity']:.3g}{judge_text} (parent "
@@ -463,20 +493,63 @@ def base_row(target: Target) -> dict[str, Any]:
     return row
 
 
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def samples_file(document: Path) -> Path:
+    """Where a document's picture lines are kept as arrays, for --resume to draw them again."""
+    return document.with_name(f"{document.stem}-samples.npz")
+
+
 def save_pictures(output: Path, lines: dict[str, list[tuple[str, Any]]]) -> dict[str, Any]:
     """Per parent, ``<output stem>-<version>.png``: the parent's samples, then each row's
-    candidate, one line each on the same latents."""
+    candidate, one line each on the same latents; and every line in ``samples_file``."""
+    import numpy as np
     import torch
 
     from unlearning.images import grid_image
 
-    saved = {}
+    saved, arrays = {}, {}
     for version, named in lines.items():
         path = output.with_name(f"{output.stem}-{version}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
         grid_image(torch.cat([images for _, images in named]), nrow=PICTURE_SAMPLES, min_side=512).save(path)
         saved[version] = {"file": path.name, "lines": [name for name, _ in named]}
+        arrays.update({f"{version}/{name}": images.cpu().numpy() for name, images in named})
+    tmp = samples_file(output).with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, samples_file(output))
     return saved
+
+
+COMPARED_SETTINGS = ("domain", "forget", "eval_samples", "eval_seed", "quick")
+
+
+def earlier_runs(path: Path, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[tuple[str, int], dict], dict]:
+    """--resume: (the earlier document, its finished runs by (row, seed), its picture lines by
+    'version/row'). Settings that change what a number means must match."""
+    import numpy as np
+    import torch
+
+    from unlearning.errors import LetheError
+
+    try:
+        earlier = json.loads(path.read_text())
+        recorded = earlier["settings"]
+        runs = earlier["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LetheError(f"--resume {path}: not a document of this benchmark ({type(exc).__name__}: {exc})") from exc
+    for key in COMPARED_SETTINGS:
+        if recorded.get(key) != settings[key]:
+            raise LetheError(f"--resume {path}: it was run with {key} {recorded.get(key)!r}, this run has "
+                             f"{settings[key]!r}; nothing ran")
+    finished = {(r["row"], r["seed"]): r for r in runs if r.get("status") not in (None, "error")}
+    lines = {}
+    if samples_file(path).is_file():
+        with np.load(samples_file(path), allow_pickle=False) as saved:
+            lines = {key: torch.from_numpy(saved[key]) for key in saved.files}
+    return earlier, finished, lines
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -489,6 +562,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from unlearning.data.files import save_images_npz
     from unlearning.domains import BUILTIN_DOMAINS
     from unlearning.domains.loaded import load_domain
+    from unlearning.errors import LetheError
     from unlearning.registry import Registry
     from unlearning.report import grid_samples
     from unlearning.runtime import pick_device
@@ -521,6 +595,20 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         save_images_npz(domain.train.images[domain.train.labels == label], uploads / FORGET_FILE)
         parents = {model: registry.get(registry.active(model)) for model in wanted}
 
+        settings = {"domain": args.domain, "forget": {"index": label, "name": domain.labels[label]},
+                    "eval_samples": args.eval_samples, "eval_seed": args.eval_seed, "quick": args.quick}
+        earlier, finished, earlier_lines = (earlier_runs(args.resume, settings) if args.resume
+                                            else (None, {}, {}))
+        planned = {(r.name, seed) for r in rows for seed in range(args.seeds)}
+        dropped = sorted(f"{name}/{seed}" for name, seed in finished if (name, seed) not in planned)
+        if dropped and args.output and args.output.resolve() == args.resume.resolve():
+            raise LetheError(f"--resume {args.resume} holds runs this run does not plan ({', '.join(dropped)}), and "
+                             "--output would overwrite it: choose the same --methods and --seeds, or another --output")
+        session = {"started": now(), "machine": machine(device, threads), "ran": []}
+        sessions = [*(earlier.get("sessions") or [{"started": earlier["date"], "machine": earlier["machine"],
+                                                   "ran": [f"{r['row']}/{r['seed']}" for r in earlier["runs"]]}]
+                      if earlier else []), session]
+
         # one judging per (task, parent), built once: every seed and row is judged the same way
         targets: dict[tuple[str, str], Target] = {}
         pictures: dict[str, list[tuple[str, Any]]] = {}
@@ -546,12 +634,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "benchmark": f"every generator method on {args.domain}: forget one class (Kong & Chaudhuri "
                              "Table I, Tiwary et al.) and from a person's marks (Moon et al.)",
                 "machine": machine(device, threads),
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "date": now(),
                 "settings": {
-                    "domain": args.domain, "image_shape": list(domain.image_shape),
-                    "forget": {"index": label, "name": domain.labels[label]},
-                    "seeds": args.seeds, "quick": args.quick, "robust": args.robust, "eval_samples": args.eval_samples,
-                    "eval_seed": args.eval_seed, "rows": [r.name for r in rows], "paper_defaults": PAPER_DEFAULTS,
+                    **settings, "image_shape": list(domain.image_shape),
+                    "seeds": args.seeds, "robust": args.robust,
+                    "rows": [r.name for r in rows], "paper_defaults": PAPER_DEFAULTS,
                     "guide": domain.guide_name, "judge": domain.judge_name, "extractor": domain.extractor_name,
                     "marks": {"seed": MARK_SEED, "n": MARK_N,
                               "class": "the samples the guide calls the forgotten class",
@@ -564,6 +651,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "built": built,
                 "skipped": skipped,
                 "pretraining_by_parent": {t.parent.version: t.pretraining for t in targets.values()},
+                "parent_weights": {t.parent.version: weights_digest(t.parent) for t in targets.values()},
+                "sessions": sessions,
                 "bases": {f"{task}/{model}": {k: finite(v) for k, v in t.before.items()}
                           for (task, model), t in targets.items()},
                 "rows": [base_row(t) for t in targets.values()]
@@ -581,12 +670,27 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for row in rows:
             target = targets[task_of(row, args.domain), models[row.vae]]
             for seed in range(args.seeds):
+                version = target.parent.version
+                done = finished.get((row.name, seed))
+                if done is not None and (done.get("parent_weights") != weights_digest(target.parent)
+                                         or done.get("hyperparameters") != run_hyperparameters(row, seed, args.quick)):
+                    log(f"  {row.name}/seed {seed}: the earlier run had other parent weights or hyperparameters; "
+                        "running it again")
+                    done = None
+                if done is not None:
+                    log(f"run {len(runs) + 1}/{total}: {row.name}, seed {seed}: reused from {args.resume} "
+                        f"({done['status']}, finished {done.get('finished_at', earlier['date'])})")
+                    runs.append(done)
+                    if seed == 0 and f"{version}/{row.name}" in earlier_lines:
+                        pictures[version].append((row.name, earlier_lines[f"{version}/{row.name}"]))
+                    continue
                 log(f"run {len(runs) + 1}/{total}: {row.name} ({row.variant}), seed {seed}")
                 run, candidate = one_run(row, seed, registry=registry, target=target, forget=label, uploads=uploads,
                                          args=args, device=device)
                 runs.append(run)
+                session["ran"].append(f"{row.name}/{seed}")
                 if candidate is not None and seed == 0:
-                    pictures[target.parent.version].append((row.name, grid_samples(candidate, PICTURE_SAMPLES)))
+                    pictures[version].append((row.name, grid_samples(candidate, PICTURE_SAMPLES)))
                 if args.output:  # keep what is done if a long run dies later
                     write_json(args.output, document(runs, partial=len(runs) < total))
         return document(runs)

@@ -22,15 +22,20 @@ numbers taken minutes apart under the same conditions:
    versions every ``--swap-every`` seconds (``registry.activate``, or the admin API with
    ``--swap-via admin``). p99 latency of the requests in flight during the
    ``--swap-window`` seconds after each swap is compared with the p99 of windows at the same
-   offsets in the steady period. If ``digits`` has no other servable version, one is
+   offsets in the steady period. If the model has no other servable version, one is
    created by copying the active version's files (it stays in the registry); the original
    active version is re-activated at the end.
+
+``--model`` picks the generator (default ``digits``; ``fashion`` is the Fashion-MNIST
+DCGAN at 28x28); the server runs with ``LETHE_MODEL`` set to it, and a home without it
+bootstraps its built-in domain first.
 
 Prints ONE JSON document on stdout; progress goes to stderr. The server is always stopped
 (SIGTERM to its launcher, then SIGKILL to its process group).
 
     .venv/bin/python bench/serving.py --out bench/results/serving.json        # full run
     .venv/bin/python bench/serving.py --home /tmp/bench-home --quick --port 3300  # smoke run
+    .venv/bin/python bench/serving.py --model fashion --out serving-fashion.json  # the 28x28 DCGAN
 """
 
 from __future__ import annotations
@@ -60,7 +65,6 @@ from common import finite, log, write_json  # noqa: E402
 from loadgen import REQUEST_TIMEOUT_S, Load, latency_stats, summarise  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = "digits"
 BATCHES = (1, 64, 256)
 CLIENTS = (1, 4, 16)
 VERSION_FILES = ("generator.safetensors", "generator.json", "discriminator.safetensors",
@@ -101,7 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=None,
                         help="LETHE_HOME (default: $LETHE_HOME or ~/.lethe); bootstrapped first if it has no "
-                             "active 'digits' version")
+                             "active version of --model")
+    parser.add_argument("--model", default=None,
+                        help="the model to serve and measure (default: the embedded default, digits; a built-in "
+                             "model the home lacks is bootstrapped)")
     parser.add_argument("--quick", action="store_true",
                         help="bootstrap with 2 epochs if needed, 3 repetitions, 3 s per load level (smoke run)")
     parser.add_argument("--workers", type=int, default=2, help="serving worker processes (default 2)")
@@ -157,6 +164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--duration, --swap-every and --swap-window must be positive, --warmup not negative")
     if any(c < 1 for c in args.clients) or any(b < 1 for b in args.batches):
         parser.error("--clients and --batches must be at least 1")
+    from unlearning.runtime import DEFAULT_MODEL
+
+    args.model = args.model or DEFAULT_MODEL
     return args
 
 
@@ -454,9 +464,9 @@ def _num(x: float | None) -> str:
 # ----------------------------------------------------------------------------------- swap
 
 
-def second_version(registry, active: str) -> tuple[str, bool]:
-    """A servable version of MODEL other than ``active`` (the newest), else a copy of it."""
-    others = [m for m in registry.list_versions(MODEL)
+def second_version(registry, model: str, active: str) -> tuple[str, bool]:
+    """A servable version of ``model`` other than ``active`` (the newest), else a copy of it."""
+    others = [m for m in registry.list_versions(model)
               if m.version != active and m.status != "rejected" and "generator.onnx" in m.files]
     if others:
         return others[-1].version, False
@@ -467,7 +477,7 @@ def second_version(registry, active: str) -> tuple[str, bool]:
         for name in files:
             shutil.copyfile(source / name, folder / name)
 
-    manifest = registry.create_version(MODEL, write_files, parent=active, spec=None,
+    manifest = registry.create_version(model, write_files, parent=active, spec=None,
                                        metrics={"note": "copy made by bench/serving.py for the hot-swap phase"},
                                        status="promoted")
     return manifest.version, True
@@ -482,7 +492,7 @@ def swap_phase(server: Server, registry, active: str, args: argparse.Namespace) 
     """Phase 4: steady period, then a period with a swap every --swap-every seconds."""
     import httpx
 
-    other, created = second_version(registry, active)
+    other, created = second_version(registry, args.model, active)
     log(f"  swapping between {active} and {other}" + (" (a copy made for this benchmark)" if created else ""))
     offsets = []
     t = args.swap_every / 2
@@ -525,7 +535,7 @@ def swap_phase(server: Server, registry, active: str, args: argparse.Namespace) 
         time.sleep(min(1.0, args.swap_window))  # let in-flight requests of the last window finish
     finally:
         load.stop()
-        if registry.active(MODEL) != active:
+        if registry.active(args.model) != active:
             registry.activate(active)
             log(f"  re-activated {active}")
     records = load.records
@@ -612,20 +622,27 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
     registry = Registry(args.home)
     bootstrap_s = None
-    if registry.active(MODEL) is None:
+    if registry.active(args.model) is None:
         from unlearning.bootstrap import bootstrap
+        from unlearning.domains import builtin_for_model
 
-        log(f"{args.home} has no active {MODEL!r} version: bootstrapping" + (" (2 epochs)" if args.quick else ""))
+        builtin = builtin_for_model(args.model)
+        if builtin is None:
+            raise SystemExit(f"error: {registry.home} has no active {args.model!r} version, and no built-in domain "
+                             "makes it (import it first: lethe import)")
+        log(f"{registry.home} has no active {args.model!r} version: bootstrapping"
+            + (" (2 epochs)" if args.quick else ""))
         started = time.monotonic()
-        bootstrap(registry, epochs=2 if args.quick else None, show_progress=False)
+        bootstrap(registry, domain=builtin.name, models=[args.model],
+                  epochs=2 if args.quick else None, show_progress=False)
         bootstrap_s = time.monotonic() - started
-    version = registry.active(MODEL)
+    version = registry.active(args.model)
     port = args.port or free_port()
     doc: dict[str, Any] = {
         "benchmark": "serving: ONNX Runtime vs eager, raw ORT+PNG vs HTTP, hot swap",
         "machine": machine(args.threads),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"home": str(registry.home), "model": MODEL, "version": version, "bootstrap_s": bootstrap_s,
+        "settings": {"home": str(registry.home), "model": args.model, "version": version, "bootstrap_s": bootstrap_s,
                      "threads": args.threads, "workers": args.workers,
                      "server_threads_per_worker": max(1, cores() // args.workers), "n": args.n,
                      "raw_note": "raw runs in this process with --threads; raw.at_worker_threads (when "
@@ -671,7 +688,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             lambda: raw_path(registry, version, args, threads=worker_threads))
 
     if not args.skip_http:
-        server = Server(registry.home, port, args.workers, secrets.token_urlsafe(24), args.monitor_share)
+        server = Server(registry.home, port, args.workers, secrets.token_urlsafe(24), args.monitor_share,
+                        env={"LETHE_MODEL": args.model})
         try:
             def start() -> dict[str, Any]:
                 started = time.monotonic()

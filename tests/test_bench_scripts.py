@@ -51,3 +51,42 @@ def test_a_benchmark_script_answers_help(script):
     helped = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True,
                             timeout=120)
     assert helped.returncode == 0 and "usage" in helped.stdout.lower(), helped.stderr[-2000:]
+
+
+def _redaction(home: Path, *args: str) -> subprocess.CompletedProcess:
+    from conftest import TEST_THREADS
+
+    command = [sys.executable, str(BENCH / "redaction.py"), "--home", str(home), "--quick", "--eval-samples", "100",
+               "--methods", "kong-validity", "--threads", str(TEST_THREADS), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def test_a_benchmark_goes_on_from_the_runs_an_earlier_document_holds(base_copy, tmp_path):
+    """A full table takes hours: ``--resume`` reuses what an earlier (partial) document holds
+    and runs only the rest, and refuses a document measured another way."""
+    import json
+
+    out = tmp_path / "bench.json"
+    first = _redaction(base_copy, "--seeds", "1", "--output", str(out))
+    assert first.returncode == 0, first.stderr[-3000:]
+    earlier = json.loads(out.read_text())
+    assert [(r["row"], r["seed"]) for r in earlier["runs"]] == [("kong-validity", 0)]
+
+    second = _redaction(base_copy, "--seeds", "2", "--output", str(out), "--resume", str(out))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "kong-validity, seed 0: reused" in second.stderr
+    doc = json.loads(out.read_text())
+    assert [(r["row"], r["seed"]) for r in doc["runs"]] == [("kong-validity", 0), ("kong-validity", 1)]
+    assert doc["runs"][0] == earlier["runs"][0]  # reused as recorded, not run again
+    assert [s["ran"] for s in doc["sessions"]] == [["kong-validity/0"], ["kong-validity/1"]]
+    assert doc["parent_weights"] == earlier["parent_weights"]
+    assert next(r for r in doc["rows"] if r["row"] == "kong-validity")["seeds"] == [0, 1]
+    # the first session's candidate is still drawn, from the arrays the first run kept
+    assert doc["pictures"]["digits-v1"]["lines"] == ["base", "kong-validity"]
+
+    before = out.read_bytes()
+    other = _redaction(base_copy, "--seeds", "2", "--eval-samples", "200", "--output", str(out), "--resume", str(out))
+    assert other.returncode == 2
+    assert "it was run with eval_samples 100, this run has 200; nothing ran" in other.stderr
+    assert "Traceback" not in other.stderr
+    assert out.read_bytes() == before
