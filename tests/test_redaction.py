@@ -103,9 +103,13 @@ def test_label_bias_score_end_to_end(base_copy, tmp_path):
     """Alg. 3 with the label-bias score f = 1 - H(softmax)/log(10) (IV-B). The paper's Table VI
     reports a modest effect at tau 0.7 (invalidity 13.5 % -> 12.2 %, IS 7.82 -> 7.95); on
     20,000 samples a drop of that size is about five standard errors, and quality must not
-    suffer."""
+    suffer. With the paper's lam 0.85: the digits' training set holds only about 40 images
+    this score calls ambiguous, and the library's default 0.95 (tuned for forgetting a
+    class) gave them so little weight that on one CPU (AMD Zen 1, 2026-12-02) the drop was
+    0.5 %; lam 0.85 gave 0.88x and 0.87x there (seeds 0 and 1)."""
     spec = {"name": "label-bias", "sets": [{"kind": "classifier", "classifier": "digits",
                                             "score": {"type": "one_minus_entropy"}, "tau": 0.7}],
+            "hyperparameters": {"lam": 0.85},
             "gates": {"max_invalidity": 0.05, "eval_samples": 20_000}}
     outcome = _redact_cli(spec, tmp_path, base_copy)
     before, after = outcome["before"], outcome["after"]
