@@ -7,16 +7,19 @@ domain (guide and judge) and VAE and inpainter, with a DCGAN that bootstrap pre-
 2 epochs there, for tests of error paths that need a registry but not a good generator. Tests that change
 state work on a copy (``base_copy`` / ``quick_copy`` / ``fashion_copy``). A developer may set
 ``LETHE_TEST_BASE_HOME`` (``LETHE_TEST_QUICK_HOME``, ``LETHE_TEST_FASHION_HOME``) to a home
-already built: it is copied, and what it lacks is added."""
+already built: it is copied, and what it lacks is added. Under pytest-xdist the first worker
+to ask builds each home and the others copy it (``_built_once``)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 # Each pytest-xdist worker gets its share of the cores, and the servers, jobs and CLI runs it
 # starts inherit it: two workers each spinning two OpenMP threads on two cores lose time.
@@ -29,6 +32,24 @@ from unlearning.bootstrap import bootstrap
 from unlearning.registry import Registry
 
 torch.set_num_threads(TEST_THREADS)
+
+
+def _built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """This worker's own copy of a home that ``build(folder)`` writes. Under pytest-xdist the
+    first worker to ask builds it (registering Fashion-MNIST's committed pair takes a minute
+    and a half of one core) while the others wait on a lock; then each works on a copy of
+    its own, so no worker sees another's writes."""
+    own = tmp_path_factory.mktemp(name) / "home"
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(own)
+    shared = tmp_path_factory.getbasetemp().parent / f"shared-{name}"  # one per test run
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "built").exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a worker that died half-way
+            build(shared / "home")
+            (shared / "built").touch()
+    shutil.copytree(shared / "home", own)
+    return own
 
 
 def _bootstrapped(root: Path, epochs: int | None, reuse: str | None = None) -> Path:
@@ -45,39 +66,41 @@ def base_home(tmp_path_factory) -> Path:
     its run (tests/fixtures/digits/; ``quick_home`` still pre-trains a DCGAN for real)."""
     from homes import build_builtin_home
 
-    root = tmp_path_factory.mktemp("base")
     reuse = os.environ.get("LETHE_TEST_BASE_HOME")
     if reuse:
-        return _bootstrapped(root, None, reuse)
-    return build_builtin_home(root / "home", "digits")
+        return _bootstrapped(tmp_path_factory.mktemp("base"), None, reuse)
+    return _built_once(tmp_path_factory, "base", lambda home: build_builtin_home(home, "digits"))
 
 
 @pytest.fixture(scope="session")
 def quick_home(tmp_path_factory, request) -> Path:
-    home = tmp_path_factory.mktemp("quick") / "home"
     reuse = os.environ.get("LETHE_TEST_QUICK_HOME")
-    if reuse:
-        shutil.copytree(reuse, home)
-    else:  # everything of the base but its DCGAN, which bootstrap then trains for 2 epochs
-        base_home = request.getfixturevalue("base_home")
-        base = Registry(base_home)
-        shutil.copytree(base_home, home, ignore=lambda folder, names: [
-            n for n in names if re.fullmatch(r"digits-v\d+|digits\.json|jobs\.sqlite.*", n)])
-        assert base.active("digits") and Registry(home).active("digits") is None
-    bootstrap(Registry(home), epochs=2, show_progress=False)
-    return home
+
+    def build(home: Path) -> Path:
+        if reuse:
+            shutil.copytree(reuse, home)
+        else:  # everything of the base but its DCGAN, which bootstrap then trains for 2 epochs
+            base_home = request.getfixturevalue("base_home")
+            base = Registry(base_home)
+            shutil.copytree(base_home, home, ignore=lambda folder, names: [
+                n for n in names if re.fullmatch(r"digits-v\d+|digits\.json|jobs\.sqlite.*", n)])
+            assert base.active("digits") and Registry(home).active("digits") is None
+        bootstrap(Registry(home), epochs=2, show_progress=False)
+        return home
+
+    return _built_once(tmp_path_factory, "quick", build)
 
 
 @pytest.fixture(scope="session")
 def fashion_home(tmp_path_factory) -> Path:
     from homes import build_builtin_home
 
-    home = tmp_path_factory.mktemp("fashion") / "home"
     reuse = os.environ.get("LETHE_TEST_FASHION_HOME")
     if reuse:
+        home = tmp_path_factory.mktemp("fashion") / "home"
         shutil.copytree(reuse, home)
         return home
-    return build_builtin_home(home, "fashion-mnist")
+    return _built_once(tmp_path_factory, "fashion", lambda home: build_builtin_home(home, "fashion-mnist"))
 
 
 def _copy(home: Path, tmp_path: Path, monkeypatch) -> Path:

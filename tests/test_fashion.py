@@ -45,7 +45,8 @@ def test_forgetting_trousers_over_http_while_the_digits_keep_serving(server):
             # 4 epochs judged every 500 samples left a retained class at 0.43 of its share
             # (rejected); 6 epochs at 0.54, 8 epochs at 0.62 (the gate: 0.5)
             "hyperparameters": {"epochs": 8, "monitor_samples": 1000},
-            "gates": {"eval_samples": 3000, "max_invalidity": 0.01, "attack_starts": 16, "inversion_targets": 8}}
+            # no attacks: they are the benchmark's on Fashion-MNIST and tests/test_attacks.py's on the digits
+            "gates": {"eval_samples": 3000, "max_invalidity": 0.01, "attack_starts": 0, "inversion_targets": 0}}
     reply = server.client.post("/admin/redactions?model=fashion", json=spec, headers=server.auth)
     assert reply.status_code == 202, reply.text
     assert reply.json()["parent"] == base and reply.json()["method"] == "kong-classifier"
@@ -92,6 +93,7 @@ def _marks_on_trousers(home: Path) -> dict:
     return {"kind": "feedback", "marked": {"seed": 31, "n": 1024, "indices": indices.flatten().tolist()}}
 
 
+# kong-validity's first epoch took the judge's trouser share from 8 % to 3.6 %, too near half
 SMALL = {"epochs": 2, "monitor_samples": 300}
 # Kong Alg. 3 (kong-classifier) is the HTTP test above; each of these is the CLI's.
 RUNS = {

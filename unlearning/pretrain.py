@@ -42,14 +42,15 @@ def _random_shift(images: torch.Tensor, max_shift: int, rng: torch.Generator) ->
 
 
 @torch.no_grad()
-def accuracy(classifier: Classifier, data: LabelledImages, batch_size: int = 1000) -> float:
+def predicted_labels(classifier: Classifier, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """(N,) the classifier's label for each image (on the CPU)."""
     classifier.eval()
     device = next(classifier.parameters()).device
-    correct = 0
-    for i in range(0, len(data), batch_size):
-        logits = classifier(data.images[i : i + batch_size].to(device))
-        correct += (logits.argmax(1).cpu() == data.labels[i : i + batch_size]).sum().item()
-    return correct / len(data)
+    return torch.cat([classifier(part.to(device)).argmax(1).cpu() for part in images.split(batch_size)])
+
+
+def accuracy(classifier: Classifier, data: LabelledImages, batch_size: int = 1000) -> float:
+    return float((predicted_labels(classifier, data.images, batch_size) == data.labels).float().mean())
 
 
 def train_classifier(
