@@ -50,7 +50,7 @@ def predicted_labels(classifier: Classifier, images: torch.Tensor, batch_size: i
 
 
 def accuracy(classifier: Classifier, data: LabelledImages, batch_size: int = 1000) -> float:
-    return float((predicted_labels(classifier, data.images, batch_size) == data.labels).float().mean())
+    return int((predicted_labels(classifier, data.images, batch_size) == data.labels).sum()) / len(data)
 
 
 def train_classifier(

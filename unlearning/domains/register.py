@@ -146,7 +146,7 @@ def _take(data: LabelledImages, index: np.ndarray) -> LabelledImages:
 
 
 def _share(hits: torch.Tensor) -> float:
-    return float(hits.float().mean()) if len(hits) else 0.0
+    return int(hits.sum()) / len(hits) if len(hits) else 0.0
 
 
 def read_copied_data(folder: Path) -> tuple[LabelledImages, LabelledImages]:
