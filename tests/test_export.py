@@ -105,3 +105,31 @@ def test_onnx_generator_input_checks(tmp_path):
     default = OnnxGenerator(path)  # CUDA first when present, CPU always
     assert default.providers[-1] == "CPUExecutionProvider"
     assert np.array_equal(default.sample(3, seed=1).shape, (3, 1, 8, 8))
+
+
+class _ScalesByItsInput(torch.nn.Module):
+    """A generator that divides by a number read out of its input (``.item()``): a
+    TorchScript trace bakes in the example's value, torch.export keeps it in the graph."""
+
+    latent_dim = 4
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(4, 64)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.linear(z) / (1 + z.abs().max().item())).view(-1, 1, 8, 8)
+
+
+def test_a_graph_the_trace_got_wrong_is_exported_again_by_torch_export(tmp_path, caplog):
+    generator = _ScalesByItsInput().eval()
+    with caplog.at_level("WARNING", logger="unlearning.export"):
+        path = export_generator_onnx(generator, tmp_path / "g.onnx")
+    assert "TorchScript ONNX export failed" in caplog.text and "3 other inputs" in caplog.text
+    session = OnnxGenerator(path, **_cpu_only())
+    for n in (1, 5, 64):
+        with torch.no_grad():
+            expected = generator(latents(n, 4, 2)).numpy()
+        assert np.abs(session.sample(n, seed=2) - expected).max() <= 1e-5
+    assert check_onnx_parity(generator, path) <= 1e-5
