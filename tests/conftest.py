@@ -36,12 +36,18 @@ torch.set_num_threads(TEST_THREADS)
 
 # The heaviest modules first, by their tests' time in a fresh-clone run on 2 cores: loadfile
 # hands whole modules to the two xdist workers in collection order, so the long ones start
-# at once and the run ends on short ones. pyproject's ``--no-loadscope-reorder`` stops xdist
-# re-sorting modules by their number of tests, which left test_fashion (5 tests, the longest
+# at once and the run ends on short ones. ``pytest_configure`` stops xdist re-sorting modules
+# by their number of tests (its default), which left test_fashion (5 tests, the longest
 # module) to the end of the run. Modules not named follow in file order.
 HEAVIEST_FIRST = ["test_fashion", "test_domains", "test_redaction", "test_service", "test_import", "test_faults",
                   "test_scale_out", "test_feedback", "test_bench_scripts", "test_replicas", "test_attacks",
                   "test_i2i", "test_service_input", "test_cli", "test_fuzz", "test_prometheus"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # what ``--no-loadscope-reorder`` sets, without failing where xdist is not loaded
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
