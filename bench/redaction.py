@@ -89,7 +89,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attacks import (  # noqa: E402
     COLUMNS as ATTACK_COLUMNS, WORST_CASE_NOTE, ClassAttack, attack_columns, worst_case_table,
 )
-from common import finite, log, write_json  # noqa: E402
+from common import finite, log, processor, write_json  # noqa: E402
 
 EVAL_SEED = 4242  # not jobs.GATE_SEED: the benchmark judges on latents the job never saw
 DEFAULT_FORGET = {"digits": "0"}  # --forget's default; class 0 on any other domain
@@ -232,7 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def machine(device: Any, threads: int) -> dict[str, Any]:
     import torch
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "processor": platform.processor(),
+    info = {"platform": platform.platform(), "python": platform.python_version(), "processor": processor(),
             "cpu_count": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
             "device": str(device)}
     if device.type == "cuda":
@@ -443,8 +443,10 @@ def one_run(row: Row, seed: int, *, registry, target: Target, forget: int, uploa
         "iteration_ratio": stats["iterations"] / pre["iterations"]
         if pre and pre.get("iterations") and "iterations" in stats else None,
         "gates": {g.name: {"value": finite(g.value), "limit": g.limit, "passed": g.passed} for g in outcome.gates},
+        # the selection probe's numbers too (guide: FID, class balance), to see why an epoch was kept
         "history": [{k: finite(v) for k, v in h.items() if k in ("stage", "epoch", "step", "invalidity", "fid",
-                                                                 "pool", "round_invalid")} for h in outcome.history],
+                                                                 "class_balance", "balanced", "pool",
+                                                                 "round_invalid")} for h in outcome.history],
         "finished_at": now(),
     })
     judge_text = f", judge {run['judge_invalidity']:.3g}" if run["judge_invalidity"] is not None else ""

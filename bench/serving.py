@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import finite, log, write_json  # noqa: E402
+from common import finite, log, processor, write_json  # noqa: E402
 from loadgen import REQUEST_TIMEOUT_S, Load, latency_stats, summarise  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def machine(threads: int) -> dict[str, Any]:
     import torch
 
     return {"platform": platform.platform(), "python": platform.python_version(),
-            "processor": platform.processor(), "cpu_count": os.cpu_count(), "cores_available": cores(),
+            "processor": processor(), "cpu_count": os.cpu_count(), "cores_available": cores(),
             "threads": threads, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "onnxruntime_providers": onnxruntime.get_available_providers(), "bentoml": bentoml.__version__,
             "loadavg_start": list(os.getloadavg())}
