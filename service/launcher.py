@@ -82,10 +82,8 @@ def admin_token_file(home: Path) -> tuple[Path, str]:
 
 
 def serve(*, port: int = 3000, host: str = "127.0.0.1", workers: int = 1, job_worker: bool = True) -> int:
-    from unlearning.bootstrap import bootstrap
-    from unlearning.domains import builtin_for_model
-    from unlearning.registry import Registry
     from unlearning.errors import LetheError
+    from unlearning.registry import Registry
     from unlearning.runtime import DEFAULT_MODEL
 
     registry = Registry()
@@ -96,6 +94,10 @@ def serve(*, port: int = 3000, host: str = "127.0.0.1", workers: int = 1, job_wo
         print(f"lethe: {exc}", file=sys.stderr)
         unbuilt = False
     if unbuilt:
+        # torch comes with these: a launcher with nothing to build never loads it (1.5 s, 500 MB)
+        from unlearning.bootstrap import bootstrap
+        from unlearning.domains import builtin_for_model
+
         domain = builtin_for_model(model)
         if domain is None:
             print(f"lethe: model {model!r} has no active version and no built-in domain makes it: import it "

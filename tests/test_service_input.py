@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 import zipfile
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -566,6 +567,24 @@ def test_cancelled_jobs_leave_no_uploads(server):
     wait_until(lambda: not os.path.exists(folders[first]), 30, "the running job's uploads deleted")
     assert server.job(first)["spec"]["sets"][0]["files"] == ["negatives.png"]  # the record keeps the names
     assert sorted(p.name for p in uploads.iterdir()) == []
+
+
+def test_only_the_serving_workers_load_torch(server):
+    """`lethe serve` and BentoML's arbiter (which imports the service module to read its
+    definition) never load torch: each held 550 MB and 2 s of CPU when they did. The serving
+    workers do (seeded latents), and each job in its own process."""
+    workers = set(server.serving_worker_pids())
+    assert len(workers) == server.workers
+    seen = set()
+    for process in server.processes():
+        command = " ".join(process.cmdline())
+        role = next((r for r in ("lethe serve", "bentoml serve", "_bentoml_impl.worker") if r in command), None)
+        if role is None:
+            continue  # the job worker (its own test: tests/test_cli.py) and any job's process
+        loads_torch = any(Path(m.path).name.startswith("libtorch") for m in process.memory_maps())
+        assert loads_torch == (process.pid in workers), (command, loads_torch)
+        seen.add(role)
+    assert seen == {"lethe serve", "bentoml serve", "_bentoml_impl.worker"}
 
 
 # --------------------------------------------- the queue, paging and how `lethe serve` starts
