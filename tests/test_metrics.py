@@ -23,6 +23,7 @@ from unlearning.metrics import (
     classifier_extractor,
     evaluate,
     frechet_distance,
+    generate_in_batches,
     generated_batches,
     forgotten_classes,
     min_share_ratio,
@@ -31,7 +32,7 @@ from unlearning.metrics import (
     reference_stats,
 )
 from unlearning.models import Classifier, DCGANConfig, Discriminator, Generator
-from unlearning.runtime import latents
+from unlearning.runtime import inference_rows, latents
 
 
 def _scipy_fid(mu1, s1, mu2, s2) -> float:
@@ -283,6 +284,22 @@ def test_generated_batches_in_chunks_do_not_depend_on_batch_size(monkeypatch):
     torch.testing.assert_close(a, b)
     with pytest.raises(LetheError):
         generated_batches(generator, 10, seed=5, batch_size=0)
+
+
+def test_by_default_a_28_pixel_generator_is_run_128_images_at_a_time():
+    """Batches of 1,000 28x28 images spent half their time paging in fresh activation
+    buffers (runtime.INFERENCE_PIXELS); the default batch follows the image size."""
+    assert (inference_rows((1, 8, 8)), inference_rows((1, 28, 28)), inference_rows((3, 32, 32))) == (1024, 128, 98)
+    assert inference_rows((3, 256, 256)) == 16
+    torch.manual_seed(0)
+    generator = Generator(DCGANConfig(latent_dim=16, resolution=28, channels=1, width=8))
+    batches = list(generated_batches(generator, 300, seed=2))
+    assert [b.shape[0] for b in batches] == [128, 128, 44]
+    z = latents(300, 16, 2)
+    with torch.no_grad():
+        whole = generator.eval()(z)
+        torch.testing.assert_close(torch.cat(batches), whole)
+        torch.testing.assert_close(generate_in_batches(generator, z), whole)
 
 
 def test_evaluate_is_deterministic_per_seed_and_independent_of_batch_size():

@@ -25,6 +25,7 @@ from unlearning.metrics import (
     Invalidity,
     evaluate,
 )
+from unlearning.runtime import inference_rows
 from unlearning.spec.checks import RedactionSet
 
 __all__ = ["Domain", "load_domain", "judge", "judge_inpainter"]
@@ -111,7 +112,7 @@ def judge_inpainter(
     out: dict[str, Any] = {"extractor": domain.extractor_name}
     for name, images in inputs.items():
         images = images.to(domain.device)
-        restored = torch.cat([inpainter.restore(part) for part in images.split(512)])
+        restored = torch.cat([inpainter.restore(part) for part in images.split(inference_rows(images.shape))])
         fid = FID(domain.extractor, domain.reference(images), domain.extractor_name)
         fid.update(restored)
         result: dict[str, Any] = {"images": len(images), "fid": fid.compute()["fid"],

@@ -19,6 +19,19 @@ DEFAULT_MODEL = "digits"
 DEFAULT_INPAINTER = "digits-inpainter"
 
 
+# Images a network is run on at once outside training, as a budget of pixels per channel
+# (128 of Fashion-MNIST's 28x28). Batches of 1,000 of them made every activation a fresh
+# buffer the kernel had to page in and zero: the judge took 12.6 s on 10,000 images at
+# 1,000 a batch (half of it system time) and 5.8 s at 128, the DCGAN 3.1 s against 2.0 s.
+INFERENCE_PIXELS = 128 * 28 * 28
+
+
+def inference_rows(shape: tuple[int, ...] | torch.Size) -> int:
+    """How many images of ``shape`` (..., H, W) to run a network on at once without
+    gradients: 128 at 28x28, 98 at 32x32, 1,024 (the cap) for the 8x8 digits."""
+    return max(16, min(1024, INFERENCE_PIXELS // (shape[-2] * shape[-1])))
+
+
 def lethe_home() -> Path:
     """LETHE_HOME (default ``~/.lethe``): everything that must survive a restart."""
     return Path(os.environ.get("LETHE_HOME", Path.home() / ".lethe")).expanduser()

@@ -23,6 +23,7 @@ from unlearning.jobs.stages import stage
 from unlearning.methods import choose_method, hyperparameters
 from unlearning.methods.i2i import I2IHyperparameters, unlearn_encoder
 from unlearning.registry import INPAINTER, VersionManifest
+from unlearning.runtime import inference_rows
 from unlearning.spec import ForgetSpec, retain_files
 from unlearning.spec.checks import RedactionSet, matches_any
 
@@ -39,7 +40,7 @@ def forget_mask(omega: RedactionSet, images: torch.Tensor) -> torch.Tensor:
     an upload, or (data-only specs) nearer the uploads than the kept data."""
     mask = omega.omega_mask(images)  # the rules, and exact matches of uploads
     if omega.judge is not None and not omega.judge_splits_training:  # else omega_mask asked it already
-        mask |= torch.cat([omega.judge(part).to(mask.device) for part in images.split(1024)])
+        mask |= torch.cat([omega.judge(part).to(mask.device) for part in images.split(inference_rows(images.shape))])
     return mask
 
 

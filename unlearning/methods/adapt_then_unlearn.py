@@ -32,6 +32,7 @@ from unlearning.methods.adversarial import AdversarialSettings, train_adversaria
 from unlearning.methods.base import GAN, MAX_SAMPLES, MAX_SEED, Callbacks, MethodResult
 from unlearning.methods.selection import BestEpoch, QualityProbe, epoch_monitor
 from unlearning.marks import regenerate_marked
+from unlearning.metrics import generate_in_batches
 from unlearning.runtime import latents
 from unlearning.spec.checks import RedactionSet
 
@@ -85,11 +86,8 @@ def split_generated(
         return regenerate_marked(generator, omega.feedback, device)
     if not omega.has_judge:
         raise SpecError("adapt-then-unlearn needs a validity, classifier or feedback set to split generated samples")
-    images = []
-    z_all = latents(hp.generated_samples, generator.latent_dim, hp.split_seed)
-    for z in z_all.split(1024):
-        images.append(generator(z.to(device)))
-    samples = torch.cat(images)
+    z = latents(hp.generated_samples, generator.latent_dim, hp.split_seed).to(device)
+    samples = generate_in_batches(generator, z)
     invalid = omega.in_omega(samples)
     negatives, positives = samples[invalid], samples[~invalid]
     drop = int(hp.positive_buffer * len(negatives))

@@ -54,6 +54,7 @@ from unlearning.errors import SpecError
 from unlearning.methods.base import MAX_BATCH, MAX_SEED, Callbacks
 from unlearning.metrics import FID, reference_stats
 from unlearning.models.inpainter import Inpainter
+from unlearning.runtime import inference_rows
 
 
 class I2IHyperparameters(BaseModel):
@@ -94,13 +95,13 @@ def proxy_retain(original: Inpainter, forget: torch.Tensor, hp: I2IHyperparamete
     device = forget.device
     proxy = proxy_images(hp.proxy_samples, resolution, channels, hp.seed).to(device)
     for _ in range(hp.refine_passes):
-        proxy = torch.cat([original.restore(part) for part in proxy.split(1024)])
+        proxy = torch.cat([original.restore(part) for part in proxy.split(inference_rows(proxy.shape))])
     if len(forget) > 1 and hp.exclusion_quantile > 0:
         flat_forget = forget.flatten(1)
         spacing = torch.cdist(flat_forget, flat_forget)
         spacing.fill_diagonal_(float("inf"))
         limit = spacing.amin(1).quantile(hp.exclusion_quantile)
-        nearest = torch.cat([torch.cdist(part.flatten(1), flat_forget).amin(1) for part in proxy.split(1024)])
+        nearest = torch.cat([torch.cdist(part.flatten(1), flat_forget).amin(1) for part in proxy.split(inference_rows(proxy.shape))])
         proxy = proxy[nearest > limit]
     if len(proxy) == 0:
         raise SpecError("hyperparameters: every proxy retain image resembles the forget set; "
@@ -125,7 +126,7 @@ class ForgetProgress:
     @torch.no_grad()
     def _fid(self, model: Inpainter) -> float:
         fid = FID(self.features, self.reference, self.name)
-        fid.update(torch.cat([model.restore(part) for part in self.forget.split(512)]))
+        fid.update(torch.cat([model.restore(part) for part in self.forget.split(inference_rows(self.forget.shape))]))
         return fid.compute()["fid"]
 
     def ratio(self, model: Inpainter) -> float:

@@ -27,6 +27,7 @@ from unlearning.methods.base import GAN, MAX_SAMPLES, Callbacks, MethodResult
 from unlearning.methods.losses import SoftGuide
 from unlearning.methods.robust import InversionAdversary, RobustSettings
 from unlearning.methods.selection import BestEpoch, QualityProbe, epoch_monitor
+from unlearning.metrics import generate_in_batches
 from unlearning.spec.checks import RedactionSet
 
 class KongHyperparameters(AdversarialSettings, RobustSettings):
@@ -72,7 +73,7 @@ def _invalid_samples(generator: nn.Module, omega: RedactionSet, n: int, rng: tor
     was_training = generator.training
     generator.eval()
     z = torch.randn(n, generator.latent_dim, generator=rng).to(device)
-    samples = generator(z)
+    samples = generate_in_batches(generator, z)
     generator.train(was_training)
     return samples[omega.in_omega(samples)]
 

@@ -12,11 +12,11 @@ from unlearning.metrics.inversion import InversionSettings, inversion_attack
 from unlearning.metrics.inception_score import InceptionScore, inception_score_from_log_probs
 from unlearning.metrics.invalidity import Invalidity
 from unlearning.metrics.redaction_score import redaction_score
-from unlearning.metrics.sampling import evaluate, generated_batches
+from unlearning.metrics.sampling import evaluate, generate_in_batches, generated_batches
 
 __all__ = [
     "AttackSettings", "latent_attack", "InversionSettings", "inversion_attack",
     "StreamingMetric", "ClassShares", "forgotten_classes", "min_share_ratio", "retained_shares", "InceptionExtractor", "classifier_extractor",
     "FID", "Filtered", "FeatureStats", "frechet_distance", "reference_stats", "InceptionScore",
-    "inception_score_from_log_probs", "Invalidity", "redaction_score", "evaluate", "generated_batches",
+    "inception_score_from_log_probs", "Invalidity", "redaction_score", "evaluate", "generate_in_batches", "generated_batches",
 ]

@@ -19,7 +19,7 @@ from torch import nn
 
 from unlearning.errors import LetheError
 from unlearning.metrics.base import run_frozen
-from unlearning.runtime import seeded_sample
+from unlearning.runtime import inference_rows, seeded_sample
 
 
 def _as_float64(x: Any) -> torch.Tensor:
@@ -160,16 +160,17 @@ REFERENCE_SEED = 0
 def reference_stats(
     extractor: nn.Module,
     images: torch.Tensor | Iterable[torch.Tensor],
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     extractor_name: str | None = None,
     max_images: int | None = None,
 ) -> FeatureStats:
     """Feature statistics of reference images (a tensor, split into ``batch_size`` batches,
-    or an iterable of batches), e.g. the training samples outside Omega. A tensor of more
+    by default ``runtime.inference_rows`` of its shape, or an iterable of batches), e.g. the training samples outside Omega. A tensor of more
     than ``max_images`` (default ``MAX_REFERENCE_IMAGES``) contributes a seeded sample of that many."""
     if isinstance(images, torch.Tensor):
         images = seeded_sample(images, MAX_REFERENCE_IMAGES if max_images is None else max_images, REFERENCE_SEED)
-    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+    batches = images.split(batch_size or inference_rows(images.shape)) if isinstance(images, torch.Tensor) \
+        else images
     stats = FeatureStats(extractor=extractor_name)
     for batch in batches:
         stats.update(_extract(extractor, batch))

@@ -15,7 +15,7 @@ from torch import nn
 
 from unlearning.errors import LetheError
 from unlearning.metrics.base import StreamingMetric, eval_mode, module_device
-from unlearning.runtime import latents
+from unlearning.runtime import inference_rows, latents
 
 # Up to this many latent floats (200 MB) are drawn in one go, exactly as
 # ``runtime.latents(n, dim, seed)``; beyond it, in fixed chunks of _CHUNK_FLOATS from one
@@ -39,10 +39,11 @@ def generated_batches(
     n: int,
     *,
     seed: int,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield ``n`` generated images in batches of ``batch_size`` (the last may be smaller).
+    """Yield ``n`` generated images in batches of ``batch_size`` (the last may be smaller;
+    default: ``runtime.inference_rows`` of the generator's image shape).
 
     While n * latent_dim <= 50M, batch k is ``generator(latents(n, dim, seed)[k*bs:(k+1)*bs])``.
     The generator runs in eval mode under ``torch.inference_mode`` batch by batch (its mode
@@ -52,10 +53,26 @@ def generated_batches(
     """
     if n < 1:
         raise LetheError(f"need at least one sample to evaluate, got n={n}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise LetheError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device) if device is not None else module_device(generator)
+    if batch_size is None:
+        batch_size = _inference_rows(generator, device)
     return _batches(generator, n, seed, batch_size, device)  # arguments checked now, not at first next()
+
+
+def generate_in_batches(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``generator(z)`` for many latents, ``inference_rows`` of its image shape at a time (its
+    first 16 images tell it the shape), in the caller's train/eval and gradient modes."""
+    first = generator(z[:16])
+    rows = inference_rows(first.shape)
+    return torch.cat([first, *(generator(part) for part in z[16:].split(rows))])
+
+
+def _inference_rows(generator: nn.Module, device: torch.device) -> int:
+    """``inference_rows`` of what ``generator`` makes, from one sample of it."""
+    with torch.inference_mode(), eval_mode(generator):
+        return inference_rows(generator(latents(1, generator.latent_dim, 0).to(device)).shape)
 
 
 def _batches(generator: nn.Module, n: int, seed: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
@@ -74,7 +91,7 @@ def evaluate(
     metrics: Mapping[str, StreamingMetric],
     *,
     seed: int,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:

@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearning.errors import InputDataError, LetheError, NotFoundError, SpecError
-from unlearning.runtime import seeded_sample
+from unlearning.runtime import inference_rows, seeded_sample
 from unlearning.spec.schema import (
     AllOfRule,
     AnyOfRule,
@@ -386,7 +386,7 @@ class NearestNeighbourJudge:
         if self.embed is None:
             return _flat(x.float())
         out = []
-        for chunk in x.split(_CHUNK):
+        for chunk in x.split(inference_rows(x.shape)):
             if isinstance(self.embed, nn.Module):
                 out.append(_flat(_run_eval(self.embed, chunk)))
             else:
@@ -544,6 +544,9 @@ class RedactionSet:
                 "this forget specification cannot judge generated samples: it has no validity or "
                 "classifier set (install a nearest-neighbour judge with with_reference)"
             )
+        rows = inference_rows(x.shape)
+        if len(x) > rows:
+            return torch.cat([self.in_omega(part) for part in x.split(rows)])
         mask = self._rule_mask(x)
         if self.judge is not None:
             mask |= self.judge(x).to(x.device)
@@ -556,7 +559,7 @@ class RedactionSet:
         if self._last_mask is not None and self._last_mask[0] is images:
             return self._last_mask[1]
         out = []
-        for chunk in images.split(_CHUNK):
+        for chunk in images.split(inference_rows(images.shape)):
             mask = self._rule_mask(chunk)
             if self.judge_splits_training and self.judge is not None:
                 mask |= self.judge(chunk).to(chunk.device)
