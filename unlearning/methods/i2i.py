@@ -101,7 +101,8 @@ def proxy_retain(original: Inpainter, forget: torch.Tensor, hp: I2IHyperparamete
         spacing = torch.cdist(flat_forget, flat_forget)
         spacing.fill_diagonal_(float("inf"))
         limit = spacing.amin(1).quantile(hp.exclusion_quantile)
-        nearest = torch.cat([torch.cdist(part.flatten(1), flat_forget).amin(1) for part in proxy.split(inference_rows(proxy.shape))])
+        parts = proxy.split(inference_rows(proxy.shape))
+        nearest = torch.cat([torch.cdist(part.flatten(1), flat_forget).amin(1) for part in parts])
         proxy = proxy[nearest > limit]
     if len(proxy) == 0:
         raise SpecError("hyperparameters: every proxy retain image resembles the forget set; "

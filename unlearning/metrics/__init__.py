@@ -18,5 +18,6 @@ __all__ = [
     "AttackSettings", "latent_attack", "InversionSettings", "inversion_attack",
     "StreamingMetric", "ClassShares", "forgotten_classes", "min_share_ratio", "retained_shares", "InceptionExtractor", "classifier_extractor",
     "FID", "Filtered", "FeatureStats", "frechet_distance", "reference_stats", "InceptionScore",
-    "inception_score_from_log_probs", "Invalidity", "redaction_score", "evaluate", "generate_in_batches", "generated_batches",
+    "inception_score_from_log_probs", "Invalidity", "redaction_score", "evaluate", "generate_in_batches",
+    "generated_batches",
 ]

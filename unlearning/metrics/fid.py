@@ -165,8 +165,9 @@ def reference_stats(
     max_images: int | None = None,
 ) -> FeatureStats:
     """Feature statistics of reference images (a tensor, split into ``batch_size`` batches,
-    by default ``runtime.inference_rows`` of its shape, or an iterable of batches), e.g. the training samples outside Omega. A tensor of more
-    than ``max_images`` (default ``MAX_REFERENCE_IMAGES``) contributes a seeded sample of that many."""
+    by default ``runtime.inference_rows`` of its shape, or an iterable of batches), e.g. the
+    training samples outside Omega. A tensor of more than ``max_images`` (default
+    ``MAX_REFERENCE_IMAGES``) contributes a seeded sample of that many."""
     if isinstance(images, torch.Tensor):
         images = seeded_sample(images, MAX_REFERENCE_IMAGES if max_images is None else max_images, REFERENCE_SEED)
     batches = images.split(batch_size or inference_rows(images.shape)) if isinstance(images, torch.Tensor) \

@@ -62,11 +62,9 @@ def generated_batches(
 
 
 def generate_in_batches(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """``generator(z)`` for many latents, ``inference_rows`` of its image shape at a time (its
-    first 16 images tell it the shape), in the caller's train/eval and gradient modes."""
-    first = generator(z[:16])
-    rows = inference_rows(first.shape)
-    return torch.cat([first, *(generator(part) for part in z[16:].split(rows))])
+    """``generator(z)`` for many latents, ``inference_rows`` of its image shape at a time, in
+    the caller's train/eval and gradient modes."""
+    return torch.cat([generator(part) for part in z.split(_inference_rows(generator, z.device))])
 
 
 def _inference_rows(generator: nn.Module, device: torch.device) -> int:
