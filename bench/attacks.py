@@ -32,26 +32,32 @@ WORST_CASE_NOTE = (
 
 # stronger than a job's default (4 starts x 100 steps): the benchmark can afford it
 BENCH_INVERSION = {"targets": 32, "starts": 8, "steps": 300, "lr": 0.05}
+# --quick (a smoke run): a few starts and targets, enough to fill every column
+QUICK_GRADIENT = {"starts": 32}
+QUICK_INVERSION = {"targets": 4, "starts": 2, "steps": 50, "lr": 0.05}
 
 
 class ClassAttack:
     """The attacks of a class-forgetting task on one domain, on sets the caller prepared
     once (``prepare_redaction_set``: Omega by the guide, its mirror by the judge)."""
 
-    def __init__(self, domain, prepared):
+    def __init__(self, domain, prepared, quick: bool = False):
         self.domain = domain
         self.prepared = prepared
+        self.gradient = QUICK_GRADIENT if quick else {}
+        self.inversion = QUICK_INVERSION if quick else BENCH_INVERSION
         if self.prepared.judged is None:
             raise ValueError("the attack columns need a rule naming the domain's guide (its judge mirrors it)")
 
     def columns(self, generator) -> dict[str, Any]:
         from unlearning.jobs.attacks import run_attacks
-        from unlearning.metrics import InversionSettings
+        from unlearning.metrics import AttackSettings, InversionSettings
 
         started = time.monotonic()
         p = self.prepared
         summaries, _ = run_attacks({"model": generator.to(self.domain.device)}, p.spec, p.omega, p.judged,
-                                   self.domain, inversion=InversionSettings(**BENCH_INVERSION))
+                                   self.domain, gradient=AttackSettings(**self.gradient),
+                                   inversion=InversionSettings(**self.inversion))
         s = summaries["model"]
         inversion = s.get("inversion") or {}
         return {

@@ -101,6 +101,8 @@ QUICK_ATU = {"adapt_epochs": 1, "epochs": 1, "generated_samples": 1000, "monitor
 QUICK = {"kong-data": QUICK_KONG, "kong-validity": QUICK_KONG, "kong-classifier": QUICK_KONG,
          "adapt-then-unlearn": QUICK_ATU, "param-extrapolation": QUICK_ATU,
          "feedback": {"steps": 50, "check_every": 25, "monitor_samples": 500}}
+# ... and the job's own attacks on a few starts and targets (bench/attacks.py has the benchmark's)
+QUICK_GATES = {"attack_starts": 32, "inversion_targets": 4}
 # The marks, as tests/test_feedback.py simulates them: the person sees MARK_N samples of
 # MARK_SEED; on digits the slant threshold is the top decile of the parent's slant on
 # THRESHOLD_N samples of THRESHOLD_SEED.
@@ -192,7 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="samples for the gates and for the benchmark's judging (default 10000)")
     parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="latent seed of the benchmark's judging")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: each method on a tiny budget (one epoch, a few steps)")
+                        help="a smoke run: each method on a tiny budget (one epoch, a few steps, a few attack starts)")
     parser.add_argument("--methods", type=row_names, default=None, metavar="ROW,ROW",
                         help=f"comma-separated rows to run (default: all on digits, one per method elsewhere; "
                              f"known: {','.join(ROW_NAMES)})")
@@ -305,7 +307,7 @@ def class_sets(registry, domain, forget: int | str):
     return prepare_redaction_set(spec, registry, domain, None)
 
 
-def class_target(registry, domain, parent, sets, device) -> Target:
+def class_target(registry, domain, parent, sets, device, quick: bool = False) -> Target:
     """Judged by ``sets`` (:func:`class_sets`); reference = the training images of the other
     classes; marks = the samples the guide calls the forgotten class."""
     label = sets.spec.sets[0].rule.labels[0]
@@ -314,7 +316,7 @@ def class_target(registry, domain, parent, sets, device) -> Target:
     reference = domain.reference(domain.train.images[domain.train.labels != label])
     return Target("class", parent, pretraining_record(parent), domain, sets.omega, sets.judged, reference,
                   f"training images other than {domain.labels[label]!r}", {label}, marks,
-                  attacks=ClassAttack(domain, sets))
+                  attacks=ClassAttack(domain, sets, quick))
 
 
 def slant_threshold(generator, device) -> float:
@@ -376,7 +378,7 @@ def one_run(row: Row, seed: int, *, registry, target: Target, forget: int, uploa
     tag = f"{row.name}/seed {seed}"
     spec = {"name": re.sub(r"[^a-z0-9]+", "-", f"bench {row.name} s{seed}".lower()), "method": row.method,
             "sets": spec_sets(row, target, forget), "hyperparameters": hyper,
-            "gates": {"eval_samples": args.eval_samples}}
+            "gates": {"eval_samples": args.eval_samples, **(QUICK_GATES if args.quick else {})}}
     marks: dict[str, float] = {}
 
     def progress(fraction: float, info: dict[str, Any]) -> None:
@@ -617,7 +619,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for task, model in dict.fromkeys((task_of(r, args.domain), models[r.vae]) for r in rows):
             parent = parents[model]
             target = (slant_target(registry, domain, parent, device) if task == "slant"
-                      else class_target(registry, domain, parent, forgotten, device))
+                      else class_target(registry, domain, parent, forgotten, device, args.quick))
             generator = registry.load_generator(parent.version).to(device)
             b = target.before = target.judge(generator, args.eval_samples, args.eval_seed, filtered=True)
             if target.attacks is not None:
