@@ -157,7 +157,8 @@ def train_adversarial(
 
     def fake_batch() -> torch.Tensor:
         n_generated = b if len(pool) == 0 else max(1, round(settings.lam * b))
-        fake = generated(n_generated).detach()
+        with torch.no_grad():  # D's step needs no graph of G
+            fake = generated(n_generated)
         if n_generated < b:
             fake = torch.cat([fake, pool.sample(b - n_generated, rng).to(device)])
         return fake
