@@ -23,12 +23,13 @@ from PIL import Image
 
 TOKEN = "test-admin-token"
 FINAL = {"promoted", "rejected", "failed", "cancelled"}
-# a job that passes quickly even on a 2-epoch bootstrap: 1 epoch, small gate samples, permissive gates
+# a job that passes quickly even on a 2-epoch bootstrap: 1 epoch, small gate samples, permissive gates,
+# no attacks (they took 8 of its 13 s; tests/test_attacks.py and the jobs with defaults run them)
 QUICK_SPEC = {"sets": [{"kind": "classifier", "classifier": "digits", "score": {"type": "one_minus_prob", "label": 0},
                         "tau": 0.5}],
               "hyperparameters": {"epochs": 1, "monitor_samples": 200},
               "gates": {"eval_samples": 200, "max_invalidity": 1.0, "max_fid_ratio": 1e6,
-                        "min_class_share_ratio": 0.0}}
+                        "min_class_share_ratio": 0.0, "attack_starts": 0}}
 
 
 def free_port() -> int:

@@ -37,7 +37,7 @@ FORGET_EVERY_DIGIT = {
     "name": "forget-every-digit",
     "sets": [{"kind": "validity", "rule": {"type": "classifier_label", "classifier": "digits",
                                            "labels": list(range(10))}}],
-    "gates": {"max_invalidity": 0.01, "eval_samples": 1000},
+    "gates": {"max_invalidity": 0.01, "eval_samples": 1000, "attack_starts": 0},
 }
 
 

@@ -55,7 +55,8 @@ def test_forgets_digit_zero_and_keeps_quality(method, base_copy, base_judgement,
     train, _ = digits_splits()
     save_images_npz(train.images[train.labels == 0], uploads / "zeros.npz")
     spec = {"name": f"forget-zero-{method}", "method": method, **SPECS[method],
-            "gates": {"max_invalidity": 0.005, "eval_samples": EVAL_SAMPLES}}
+            # no attacks: test_attacks.py's, and the Adapt-then-Unlearn defaults test's below
+            "gates": {"max_invalidity": 0.005, "eval_samples": EVAL_SAMPLES, "attack_starts": 0}}
     registry = Registry(base_copy)
 
     outcome = run_redaction(spec, registry=registry, uploads_dir=uploads, activate=False)
@@ -110,7 +111,7 @@ def test_label_bias_score_end_to_end(base_copy, tmp_path):
     spec = {"name": "label-bias", "sets": [{"kind": "classifier", "classifier": "digits",
                                             "score": {"type": "one_minus_entropy"}, "tau": 0.7}],
             "hyperparameters": {"lam": 0.85},
-            "gates": {"max_invalidity": 0.05, "eval_samples": 20_000}}
+            "gates": {"max_invalidity": 0.05, "eval_samples": 20_000, "attack_starts": 0}}
     outcome = _redact_cli(spec, tmp_path, base_copy)
     before, after = outcome["before"], outcome["after"]
     assert outcome["method"] == "kong-classifier"
@@ -127,7 +128,7 @@ def test_union_of_sets_forgets_both(base_copy, base_judgement):
     spec = {"name": "forget-zero-and-one", "sets": [
         ZERO,
         {"kind": "classifier", "classifier": "digits", "score": {"type": "one_minus_prob", "label": 1}, "tau": 0.5},
-    ], "gates": {"max_invalidity": 0.03, "eval_samples": EVAL_SAMPLES}}
+    ], "gates": {"max_invalidity": 0.03, "eval_samples": EVAL_SAMPLES, "attack_starts": 0}}
     registry = Registry(base_copy)
     outcome = run_redaction(spec, registry=registry, activate=False)
     assert outcome.method == "kong-classifier" and outcome.status == "promoted", outcome.reason

@@ -160,7 +160,9 @@ def test_postgres_restart_and_s3_outage_mid_job(cluster, postgres):
 
         # S3 back, and PostgreSQL restarted while the next job trains: the job goes on, is
         # stored, promoted and served everywhere (both recovered)
-        job = a.submit({"name": "through-a-restart", **QUICK_SPEC}).json()["job_id"]
+        # every one of 10 epochs run (15 s of training on one core): the restart lands mid-training
+        training = {**QUICK_SPEC["hyperparameters"], "epochs": 10, "patience": None}
+        job = a.submit({**QUICK_SPEC, "name": "through-a-restart", "hyperparameters": training}).json()["job_id"]
         wait_until(lambda: a.job(job)["state"] in ACTIVE, 120, "the job claimed")
         postgres.stop()
         time.sleep(3)

@@ -19,7 +19,8 @@ from unlearning.registry import Registry
 FORGET_ZERO = {
     "name": "forget-zero",
     "sets": [{"kind": "classifier", "classifier": "digits", "score": {"type": "one_minus_prob", "label": 0}, "tau": 0.5}],
-    "gates": {"max_invalidity": 0.01, "eval_samples": 5000},
+    # no attacks: tests/test_attacks.py checks a job's attacks, down to what /metrics publishes
+    "gates": {"max_invalidity": 0.01, "eval_samples": 5000, "attack_starts": 0},
 }
 
 pytestmark = pytest.mark.slow
@@ -204,8 +205,11 @@ def test_adapt_then_unlearn_from_a_persons_marks(server, promoted, classifier):
         with torch.no_grad():
             zeros = (classifier(images).argmax(1) == 0).nonzero().flatten().tolist()
         sets.append({"kind": "feedback", "marked": {"seed": seed, "n": 1024, "indices": zeros}})
+    # half the default epochs (tests/test_redaction.py runs the defaults): the job took 52 s of
+    # one core, not 90, and its gate read 0.8 % against 1 % (defaults: 0.76 %)
     spec = {"name": "marked-zeros", "method": "adapt-then-unlearn", "sets": sets,
-            "gates": {"max_invalidity": 0.01, "eval_samples": 5000}}
+            "hyperparameters": {"adapt_epochs": 15, "epochs": 8, "monitor_samples": 1000},
+            "gates": {"max_invalidity": 0.01, "eval_samples": 5000, "attack_starts": 0}}
     reply = server.client.post(f"/admin/redactions?from={base}", content=__import__("json").dumps(spec),
                                headers={**server.auth, "Content-Type": "application/json"})
     assert reply.status_code == 202, reply.text
@@ -220,13 +224,14 @@ def test_adapt_then_unlearn_from_a_persons_marks(server, promoted, classifier):
     assert share_before > 0.05 and share_after < share_before / 5, (share_before, share_after)
 
 
-@pytest.mark.parametrize("model", ["digits", "digits-vae"])
-def test_feedback_unlearning_over_http(server, promoted, model):
-    """Moon et al. through the admin API, on the DCGAN and on the VAE (each hosted model has
-    its own versions and swaps): marks on served samples that lean left (top 10 % by a pixel
-    measure the job never sees); promoted, hot-swapped, the share falls >= 5x."""
+def test_feedback_unlearning_over_http(server, promoted):
+    """Moon et al. through the admin API, on the VAE, a model that is not the default (each
+    hosted model has its own versions and swaps): marks on served samples that lean left
+    (top 10 % by a pixel measure the job never sees); promoted, hot-swapped, the share falls
+    >= 5x. The same job on the DCGAN is tests/test_feedback.py's."""
     from unlearning.metrics.features import slant
 
+    model = "digits-vae"
     base = next(m for m in server.client.get("/models").json()["models"] if m["model"] == model)["versions"][0]["version"]
     assert server.activate(base).status_code == 200
     server.wait_serving(base, timeout=5, model=model)
@@ -235,7 +240,7 @@ def test_feedback_unlearning_over_http(server, promoted, model):
     _, sampled, _ = server.images(1024, seed=31, model=model)
     marks = {"seed": 31, "n": 1024, "indices": (slant(sampled) >= threshold).nonzero().flatten().tolist()}
     spec = {"name": "lean-left", "method": "feedback", "sets": [{"kind": "feedback", "marked": marks}],
-            "gates": {"max_invalidity": 0.05, "eval_samples": 5000}}
+            "gates": {"max_invalidity": 0.05, "eval_samples": 5000, "attack_starts": 0}}
     reply = server.client.post(f"/admin/redactions?model={model}", content=__import__("json").dumps(spec),
                                headers={**server.auth, "Content-Type": "application/json"})
     assert reply.status_code == 202, reply.text
